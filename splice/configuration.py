@@ -1,0 +1,196 @@
+"""Composite configuration: an encoder sub-config, a decoder sub-config and the fields that join them."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+CONDITIONINGS = ("native", "injected", "prefix", "auto")
+
+# Generation settings that seed-era code (and SmallCap) writes onto `model.config`; transformers v5 refuses them there.
+# splice keeps them aside and the model mirrors them into its `generation_config`.
+_GENERATION_KEYS = frozenset(GenerationConfig._get_default_generation_params()) - {"use_cache"}
+
+
+@strict
+class SpliceConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SpliceModel`]: any encoder joined to any causal-LM decoder.
+
+    Args:
+        encoder (`PreTrainedConfig` or `dict`):
+            Configuration of the encoder (anything `AutoModel` builds whose output has `last_hidden_state`).
+        decoder (`PreTrainedConfig` or `dict`):
+            Configuration of the decoder (anything `AutoModelForCausalLM` builds).
+        conditioning (`str`, *optional*, defaults to `"native"`):
+            How the decoder sees the encoder: `"native"` uses the decoder's own cross-attention layers
+            (`add_cross_attention=True`, as GPT-2, BERT, RoBERTa, TrOCR, BART, Electra have).
+        cross_attention_hidden_size (`int`, *optional*):
+            Width of the encoder states the decoder's cross-attention expects; when it differs from both the encoder
+            width and unset, splice adds `enc_to_dec_proj`.
+        decoder_start_token_id, pad_token_id, bos_token_id, eos_token_id (`int`, *optional*):
+            Special tokens of the decoder. Left unset, they are inferred (see `splice.special_tokens`) and mirrored into
+            the model's `generation_config`.
+        tie_encoder_decoder (`bool`, *optional*, defaults to `False`):
+            Share the encoder's weights with the decoder's (same architecture only, e.g. bert2bert).
+    """
+
+    model_type: ClassVar[str] = "splice"
+    sub_configs_defaults: ClassVar[dict] = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
+        "decoder": SubConfigSpec(
+            config_class=AutoConfig, model_type="gpt2", init_kwargs={"is_decoder": True, "add_cross_attention": True}
+        ),
+    }
+
+    encoder: PreTrainedConfig | dict | None = None
+    decoder: PreTrainedConfig | dict | None = None
+    is_encoder_decoder: bool = True
+    conditioning: str = "native"
+    decoder_start_token_id: int | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_encoder_decoder: bool = False
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}. Use 'native' for decoders with "
+                "their own cross-attention."
+            )
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in _GENERATION_KEYS and key not in self.__dataclass_fields__:
+            pending = self.__dict__.setdefault("_generation_overrides", {})
+            if not pending:
+                logger.info(
+                    f"`config.{key}` is a generation setting: splice mirrors it into `model.generation_config` "
+                    "(transformers v5 no longer reads generation settings from `model.config`)."
+                )
+            pending[key] = value
+            return
+        super().__setattr__(key, value)
+
+    def __getattr__(self, key: str) -> Any:
+        # Only reached when normal lookup fails: serve generation settings kept aside by `__setattr__`.
+        pending = self.__dict__.get("_generation_overrides", {})
+        if key in pending:
+            return pending[key]
+        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
+
+    def pop_generation_overrides(self) -> dict[str, Any]:
+        """Return and forget the generation settings assigned on this config (the model mirrors them)."""
+        return self.__dict__.pop("_generation_overrides", {})
+
+    def _get_generation_parameters(self) -> dict[str, Any]:
+        # The generation settings set here are mirrored by the model, so transformers must not refuse them.
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_generation_overrides", None)
+        return output
+
+    @property
+    def vocab_size(self) -> int:
+        """The decoder's vocabulary size (seed docs read and assign `model.config.vocab_size`)."""
+        return self.decoder.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        if value != self.decoder.vocab_size:
+            raise ValueError(
+                f"config.vocab_size={value} differs from the decoder's vocab_size={self.decoder.vocab_size}. "
+                "Change the vocabulary with `model.resize_token_embeddings(new_size)`."
+            )
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        if encoder and not decoder:
+            return self.encoder.get_text_config(encoder=True) if hasattr(self.encoder, "get_text_config") else self
+        return self.decoder
+
+    @classmethod
+    def from_encoder_decoder_configs(
+        cls, encoder_config: PreTrainedConfig, decoder_config: PreTrainedConfig, **kwargs: Any
+    ) -> SpliceConfig:
+        r"""
+        Build the composite configuration from an encoder configuration and a decoder configuration.
+
+        For `conditioning="native"` the decoder is switched to a decoder with cross-attention
+        (`is_decoder=True`, `add_cross_attention=True`), as transformers' composites do.
+
+        Args:
+            encoder_config (`PreTrainedConfig`): the encoder's configuration.
+            decoder_config (`PreTrainedConfig`): the decoder's configuration.
+            kwargs: composite fields (`conditioning`, special-token ids, ...).
+        """
+        if kwargs.get("conditioning", "native") == "native":
+            logger.info("Setting `is_decoder=True` and `add_cross_attention=True` on the decoder config")
+            decoder_config.is_decoder = True
+            decoder_config.add_cross_attention = True
+        return cls(encoder=encoder_config.to_dict(), decoder=decoder_config.to_dict(), **kwargs)
+
+
+@strict
+class VisionEncoderDecoderConfig(SpliceConfig):
+    r"""
+    Configuration of [`VisionEncoderDecoderModel`]: the transformers API and checkpoint format (`model_type`
+    `"vision-encoder-decoder"`), with splice's special-token handling and conditioning modes.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig, ViTConfig
+    >>> from splice import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    >>> config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(), BertConfig())
+    >>> model = VisionEncoderDecoderModel(config=config)
+    ```
+    """
+
+    model_type: ClassVar[str] = "vision-encoder-decoder"
+    sub_configs_defaults: ClassVar[dict] = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
+        "decoder": SubConfigSpec(
+            config_class=AutoConfig, model_type="bert", init_kwargs={"is_decoder": True, "add_cross_attention": True}
+        ),
+    }
+
+
+@strict
+class EncoderDecoderConfig(SpliceConfig):
+    r"""
+    Configuration of [`EncoderDecoderModel`] (text encoder, `model_type` `"encoder-decoder"`), e.g. bert2bert.
+    """
+
+    model_type: ClassVar[str] = "encoder-decoder"
+    sub_configs_defaults: ClassVar[dict] = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "decoder": SubConfigSpec(
+            config_class=AutoConfig, model_type="bert", init_kwargs={"is_decoder": True, "add_cross_attention": True}
+        ),
+    }
+
+
+@strict
+class SpeechEncoderDecoderConfig(SpliceConfig):
+    r"""
+    Configuration of [`SpeechEncoderDecoderModel`] (speech encoder, `model_type` `"speech-encoder-decoder"`).
+    """
+
+    model_type: ClassVar[str] = "speech-encoder-decoder"
+    sub_configs_defaults: ClassVar[dict] = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="wav2vec2"),
+        "decoder": SubConfigSpec(
+            config_class=AutoConfig, model_type="bert", init_kwargs={"is_decoder": True, "add_cross_attention": True}
+        ),
+    }

@@ -1,0 +1,626 @@
+"""`SpliceModel`: an encoder joined to a causal-LM decoder, trained and generated like any transformers seq2seq model.
+
+The seed API classes (`VisionEncoderDecoderModel`, `EncoderDecoderModel`, `SpeechEncoderDecoderModel`) are thin
+subclasses that fix the main input and the checkpoint `model_type`, so their checkpoints load in transformers' classes
+and the other way round.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.utils import logging
+
+from .configuration import (
+    EncoderDecoderConfig,
+    SpeechEncoderDecoderConfig,
+    SpliceConfig,
+    VisionEncoderDecoderConfig,
+)
+from .encoders import as_token_states, encoder_hidden_size, encoder_tower
+from .special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
+
+logger = logging.get_logger(__name__)
+
+# Names under which encoders take their main input, in the order `SpliceModel.forward` accepts them.
+_ENCODER_INPUTS = ("pixel_values", "input_ids", "input_values", "input_features")
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
+    """Decoder inputs from labels: prepend `decoder_start_token_id`, drop the last label, turn -100 into padding."""
+    if decoder_start_token_id is None:
+        raise ValueError(
+            "decoder_start_token_id is not set, so labels cannot be shifted into decoder inputs. Set "
+            "`model.config.decoder_start_token_id` (often the tokenizer's bos or cls token id)."
+        )
+    if pad_token_id is None:
+        raise ValueError(
+            "pad_token_id is not set, so -100 in labels cannot be replaced. Set `model.config.pad_token_id`."
+        )
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1].clone()
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+def _has_cross_attention(decoder: nn.Module) -> bool:
+    accepts = "encoder_hidden_states" in inspect.signature(decoder.forward).parameters
+    names = ("crossattention", "encoder_attn", "cross_attn")
+    return accepts and any(any(n in name for n in names) for name, _ in decoder.named_modules())
+
+
+class SpliceModel(PreTrainedModel, GenerationMixin):
+    r"""
+    An encoder (any `AutoModel` whose output has `last_hidden_state`) joined to a causal-LM decoder.
+
+    Args:
+        config (`SpliceConfig`, *optional*): the composite configuration; built from the parts when omitted.
+        encoder (`PreTrainedModel`, *optional*): an encoder instance (a dual-tower model contributes its vision tower).
+        decoder (`PreTrainedModel`, *optional*): a causal-LM decoder instance.
+    """
+
+    config_class = SpliceConfig
+    base_model_prefix = "splice"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_param_buffer_assignment = False
+
+    def __init__(
+        self,
+        config: SpliceConfig | None = None,
+        encoder: PreTrainedModel | None = None,
+        decoder: PreTrainedModel | None = None,
+    ):
+        if config is None and (encoder is None or decoder is None):
+            raise ValueError("Either a configuration or an encoder and a decoder has to be provided.")
+        if encoder is not None:
+            encoder = encoder_tower(encoder)
+        if config is None:
+            config = self.config_class.from_encoder_decoder_configs(encoder.config, decoder.config)
+        elif not isinstance(config, self.config_class):
+            raise ValueError(f"Config: {type(config).__name__} has to be of type {self.config_class.__name__}")
+        super().__init__(config)
+
+        if encoder is None:
+            encoder = encoder_tower(AutoModel.from_config(config.encoder))
+        if encoder.get_output_embeddings() is not None:
+            raise ValueError(
+                f"The encoder {type(encoder).__name__} has a language-model head; an encoder must not. Load it with "
+                "`AutoModel` (the base model), not a `...ForMaskedLM` / `...ForCausalLM` class."
+            )
+        if decoder is None:
+            decoder = AutoModelForCausalLM.from_config(config.decoder)
+        self.encoder = encoder
+        self.decoder = decoder
+        # One config object per part, shared with the composite, so edits to either stay in sync.
+        self.config.encoder = encoder.config
+        self.config.decoder = decoder.config
+        self._can_compile_fullgraph = getattr(decoder, "_can_compile_fullgraph", False)
+        if type(self) is SpliceModel:
+            self.main_input_name = encoder.main_input_name
+
+        self._build_conditioning()
+        self.post_init()
+        self._synced_tokens: dict[str, Any] = {}
+        self._sync_generation_config()
+
+    # -- construction ---------------------------------------------------------------------------------------------
+
+    def _build_conditioning(self) -> None:
+        """Attach what lets the decoder read the encoder states, according to `config.conditioning`."""
+        conditioning = self.config.conditioning
+        if conditioning != "native":
+            raise NotImplementedError(f"conditioning={conditioning!r} is not available yet; use 'native'.")
+        if not _has_cross_attention(self.decoder):
+            raise ValueError(
+                f"The decoder {type(self.decoder).__name__} has no cross-attention layers, so "
+                "conditioning='native' cannot feed it the encoder states. Decoders with native cross-attention: "
+                "GPT-2, BERT, RoBERTa, Electra, TrOCR, BART (`BartForCausalLM`), built with `add_cross_attention=True` "
+                "(`from_encoder_decoder_configs` sets it)."
+            )
+        enc_width = encoder_hidden_size(self.config.encoder)
+        dec_width = self.config.decoder.hidden_size
+        cross_width = getattr(self.config.decoder, "cross_attention_hidden_size", None)
+        if cross_width is not None and cross_width != enc_width:
+            raise ValueError(
+                f"The decoder config sets cross_attention_hidden_size={cross_width}, but the encoder's hidden size is "
+                f"{enc_width}. Remove `cross_attention_hidden_size` from the decoder config (splice then adds a "
+                "projection `enc_to_dec_proj`) or set it to the encoder's hidden size."
+            )
+        if cross_width is None and enc_width != dec_width:
+            self.enc_to_dec_proj = nn.Linear(enc_width, dec_width)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Each part initialises its own modules the way its family does; splice's own modules use the decoder's rule.
+        for part in (self.encoder, self.decoder):
+            if any(module is m for m in part.modules()):
+                part._init_weights(module)
+                return
+        self.decoder._init_weights(module)
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        if self.config.tie_encoder_decoder and not all_submodels:
+            tied.update(self._encoder_decoder_tied_keys())
+        return tied
+
+    def _encoder_decoder_tied_keys(self) -> dict[str, str]:
+        """`{decoder parameter: encoder parameter}` for every weight the two towers have in common (bert2bert)."""
+        decoder_base = getattr(self.decoder, self.decoder.base_model_prefix, None)
+        if decoder_base is None or type(decoder_base) is not type(self.encoder):
+            raise ValueError(
+                "tie_encoder_decoder=True needs an encoder and a decoder of the same architecture (e.g. bert2bert), "
+                f"got encoder {type(self.encoder).__name__} and decoder base "
+                f"{type(decoder_base).__name__ if decoder_base is not None else None}."
+            )
+        prefix = f"decoder.{self.decoder.base_model_prefix}."
+        decoder_params = dict(decoder_base.named_parameters())
+        return {
+            prefix + name: "encoder." + name
+            for name, param in self.encoder.named_parameters()
+            if name in decoder_params and decoder_params[name].shape == param.shape
+        }
+
+    # -- accessors ------------------------------------------------------------------------------------------------
+
+    def get_encoder(self) -> PreTrainedModel:
+        return self.encoder
+
+    def get_decoder(self) -> PreTrainedModel:
+        return self.decoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.decoder.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.decoder.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.decoder.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
+        """Resize the decoder's vocabulary (input and output embeddings); the composite config follows."""
+        embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
+        self._sync_generation_config()
+        return embeddings
+
+    # -- special tokens and generation settings ---------------------------------------------------------------------
+
+    def _sync_generation_config(self) -> None:
+        """Make config and generation config agree on special tokens; mirror generation settings set on the config.
+
+        Whichever side was edited since the last sync wins, so `model.config.pad_token_id = ...` (seed docs) and
+        `model.generation_config.pad_token_id = ...` (transformers v5) both work.
+        """
+        gen = self.generation_config
+        if gen is None:
+            return
+        for key, value in self.config.pop_generation_overrides().items():
+            setattr(gen, key, value)
+        for field in SPECIAL_TOKENS:
+            synced = self._synced_tokens.get(field)
+            on_config, on_gen = getattr(self.config, field), getattr(gen, field, None)
+            if on_config != synced:
+                setattr(gen, field, on_config)
+            elif on_gen != synced:
+                setattr(self.config, field, on_gen)
+        values = resolve_special_tokens(self.config, gen)
+        validate_token_ids(values, self.config.decoder.vocab_size, values.pop("_source"))
+        for field in SPECIAL_TOKENS:
+            setattr(self.config, field, values[field])
+            setattr(gen, field, values[field])
+        self._synced_tokens = {field: values[field] for field in SPECIAL_TOKENS}
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        self._sync_generation_config()
+        passed = {f: kwargs[f] for f in SPECIAL_TOKENS if kwargs.get(f) is not None}
+        if generation_config is not None:
+            passed = {f: getattr(generation_config, f, None) for f in SPECIAL_TOKENS} | passed
+        validate_token_ids(passed, self.config.decoder.vocab_size, dict.fromkeys(passed, "generate() arguments"))
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        self._sync_generation_config()
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    # -- construction from pretrained parts -----------------------------------------------------------------------
+
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_pretrained_model_name_or_path: str | None = None,
+        decoder_pretrained_model_name_or_path: str | None = None,
+        *model_args,
+        **kwargs,
+    ) -> SpliceModel:
+        r"""
+        Build the model from a pretrained encoder and a pretrained decoder (hub ids or local directories).
+
+        Args:
+            encoder_pretrained_model_name_or_path (`str`, *optional*): the encoder checkpoint.
+            decoder_pretrained_model_name_or_path (`str`, *optional*): the decoder checkpoint.
+            model_args: passed to the encoder's `from_pretrained`.
+            kwargs: `encoder_*` go to the encoder (`encoder_model=` an instance), `decoder_*` to the decoder
+                (`decoder_model=` an instance), the rest to the composite config (e.g. `decoder_start_token_id`).
+        """
+        kwargs_encoder = {k[len("encoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("encoder_")}
+        kwargs_decoder = {k[len("decoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder_")}
+        # The composite field `decoder_start_token_id` is not a `decoder_` kwarg.
+        if "start_token_id" in kwargs_decoder:
+            kwargs["decoder_start_token_id"] = kwargs_decoder.pop("start_token_id")
+        conditioning = kwargs.get("conditioning", cls.config_class.conditioning)
+
+        encoder = kwargs_encoder.pop("model", None)
+        if encoder is None:
+            if encoder_pretrained_model_name_or_path is None:
+                raise ValueError("Pass `encoder_pretrained_model_name_or_path` or an `encoder_model` instance.")
+            if "config" not in kwargs_encoder:
+                encoder_config, kwargs_encoder = AutoConfig.from_pretrained(
+                    encoder_pretrained_model_name_or_path, **kwargs_encoder, return_unused_kwargs=True
+                )
+                if getattr(encoder_config, "is_decoder", False) or getattr(encoder_config, "add_cross_attention", 0):
+                    logger.info("Loading a decoder checkpoint as the encoder: causal mask and cross-attention off.")
+                    encoder_config.is_decoder = False
+                    encoder_config.add_cross_attention = False
+                kwargs_encoder["config"] = encoder_config
+            encoder = AutoModel.from_pretrained(encoder_pretrained_model_name_or_path, *model_args, **kwargs_encoder)
+
+        decoder = kwargs_decoder.pop("model", None)
+        if decoder is None:
+            if decoder_pretrained_model_name_or_path is None:
+                raise ValueError("Pass `decoder_pretrained_model_name_or_path` or a `decoder_model` instance.")
+            if "config" not in kwargs_decoder:
+                decoder_config, kwargs_decoder = AutoConfig.from_pretrained(
+                    decoder_pretrained_model_name_or_path, **kwargs_decoder, return_unused_kwargs=True
+                )
+                kwargs_decoder["config"] = decoder_config
+            if conditioning == "native":
+                logger.info("Adding cross-attention layers to the decoder; they start from random weights.")
+                kwargs_decoder["config"].is_decoder = True
+                kwargs_decoder["config"].add_cross_attention = True
+            decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **kwargs_decoder)
+
+        config = cls.config_class.from_encoder_decoder_configs(encoder_tower(encoder).config, decoder.config, **kwargs)
+        return cls(config=config, encoder=encoder, decoder=decoder)
+
+    # -- forward --------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        Encode the input (unless `encoder_outputs` is given), then decode.
+
+        Args:
+            pixel_values / input_ids / input_values / input_features: the encoder's input, whichever it takes.
+            attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): the encoder's padding mask; also passed to
+                the decoder's cross-attention (downsampled for speech encoders).
+            inputs_embeds: the encoder's input embeddings, instead of `input_ids`.
+            decoder_input_ids (`torch.LongTensor` of shape `[B, T]`, *optional*): built from `labels` when omitted
+                (shifted right, -100 replaced by `pad_token_id`).
+            decoder_attention_mask (`torch.Tensor` of shape `[B, T]`, *optional*): when built from labels, positions
+                whose label is -100 are masked.
+            encoder_outputs (`tuple` or `BaseModelOutput`, *optional*): precomputed encoder outputs.
+            past_key_values (`Cache`, *optional*): the decoder's cache.
+            decoder_inputs_embeds: the decoder's input embeddings, instead of `decoder_input_ids`.
+            labels (`torch.LongTensor` of shape `[B, T]`, *optional*): target ids; -100 is ignored by the loss.
+            kwargs: unprefixed keys go to the encoder, `decoder_`-prefixed keys to the decoder.
+        """
+        encoder_inputs = {
+            name: value
+            for name, value in zip(_ENCODER_INPUTS, (pixel_values, input_ids, input_values, input_features))
+            if value is not None
+        }
+        if inputs_embeds is not None:
+            encoder_inputs["inputs_embeds"] = inputs_embeds
+        return self._splice_forward(
+            encoder_inputs,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+    def _splice_forward(
+        self,
+        encoder_inputs: dict[str, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        decoder_input_ids: torch.LongTensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+        encoder_outputs: tuple | BaseModelOutput | None,
+        past_key_values: Cache | None,
+        decoder_inputs_embeds: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        return_dict: bool | None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs_decoder = {k[len("decoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder_")}
+        shared = {
+            k: v
+            for k, v in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states))
+            if v is not None
+        }
+
+        if encoder_outputs is None:
+            if not encoder_inputs:
+                raise ValueError(
+                    f"No encoder input: pass `{self.main_input_name}` (or `encoder_outputs` computed beforehand)."
+                )
+            if attention_mask is not None and "attention_mask" in inspect.signature(self.encoder.forward).parameters:
+                kwargs["attention_mask"] = attention_mask
+            encoder_outputs = self.encoder(**encoder_inputs, **shared, return_dict=True, **kwargs)
+        elif isinstance(encoder_outputs, tuple):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+
+        encoder_hidden_states = as_token_states(encoder_outputs[0])  # [B, S, E]
+        if hasattr(self, "enc_to_dec_proj"):
+            encoder_hidden_states = self.enc_to_dec_proj(encoder_hidden_states)  # [B, S, D]
+        encoder_attention_mask = self._encoder_attention_mask(attention_mask, encoder_hidden_states)
+
+        if labels is not None:
+            self._check_ids("labels", labels)
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+                if decoder_attention_mask is None:
+                    # Position 0 is the start token; position t reads label t-1, padding where that label is -100.
+                    decoder_attention_mask = torch.ones_like(labels)
+                    decoder_attention_mask[:, 1:] = (labels[:, :-1] != -100).long()
+        if decoder_input_ids is not None:
+            self._check_ids("decoder_input_ids", decoder_input_ids)
+
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            inputs_embeds=decoder_inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            return_dict=True,
+            **shared,
+            **kwargs_decoder,
+        )
+
+        loss = None
+        if labels is not None:
+            logits = decoder_outputs.logits
+            reduction = "mean" if num_items_in_batch is None else "sum"
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), reduction=reduction
+            )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=decoder_outputs.logits,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=getattr(decoder_outputs, "cross_attentions", None),
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
+            encoder_attentions=getattr(encoder_outputs, "attentions", None),
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _encoder_attention_mask(self, attention_mask: torch.Tensor | None, states: torch.Tensor) -> torch.Tensor | None:
+        """The encoder padding mask at the resolution of the encoder's output states `[B, S]`."""
+        if attention_mask is None or attention_mask.dim() != 2:
+            return None
+        if attention_mask.shape[1] == states.shape[1]:
+            return attention_mask
+        if hasattr(self.encoder, "_get_feature_vector_attention_mask"):  # speech: mask over samples -> over frames
+            return self.encoder._get_feature_vector_attention_mask(states.shape[1], attention_mask)
+        raise ValueError(
+            f"attention_mask has length {attention_mask.shape[1]} but the encoder returned {states.shape[1]} states, "
+            "and the encoder has no rule to downsample the mask. Pass an attention_mask over the encoder's output."
+        )
+
+    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+        vocab_size = self.config.decoder.vocab_size
+        valid = ids[ids != -100] if name == "labels" else ids
+        if valid.numel() and (valid.min() < 0 or valid.max() >= vocab_size):
+            bad = valid[(valid < 0) | (valid >= vocab_size)][0].item()
+            raise ValueError(
+                f"{name} contains id {bad}, outside the decoder vocabulary [0, {vocab_size})"
+                + (" (only -100 may mark ignored positions)" if name == "labels" else "")
+                + ". If the tokenizer has more tokens than the decoder, call "
+                "`model.resize_token_embeddings(len(tokenizer))`."
+            )
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for `labels` (used by `DataCollatorForSeq2Seq`)."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+
+class VisionEncoderDecoderModel(SpliceModel):
+    r"""
+    Image-to-text: a vision encoder (ViT, DeiT, BEiT, Swin, Donut, ...) joined to a text decoder. Same API and
+    checkpoint format as transformers' `VisionEncoderDecoderModel`.
+
+    Example:
+
+    ```python
+    >>> from splice import VisionEncoderDecoderModel
+    >>> model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained("path/to/vit", "path/to/gpt2")
+    >>> generated_ids = model.generate(pixel_values)
+    ```
+    """
+
+    config_class = VisionEncoderDecoderConfig
+    base_model_prefix = "vision_encoder_decoder"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""See [`SpliceModel.forward`]; the encoder input is `pixel_values` `[B, C, H, W]`."""
+        return self._splice_forward(
+            {} if pixel_values is None else {"pixel_values": pixel_values},
+            attention_mask=kwargs.pop("attention_mask", None),
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+
+class EncoderDecoderModel(SpliceModel):
+    r"""
+    Text-to-text: a text encoder (BERT, RoBERTa, ...) joined to a text decoder, e.g. bert2bert. Same API and checkpoint
+    format as transformers' `EncoderDecoderModel`; the encoder's `attention_mask` also masks the cross-attention.
+    """
+
+    config_class = EncoderDecoderConfig
+    base_model_prefix = "encoder_decoder"
+    main_input_name = "input_ids"
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""See [`SpliceModel.forward`]; the encoder input is `input_ids` `[B, S]` with its `attention_mask`."""
+        encoder_inputs = {
+            k: v for k, v in (("input_ids", input_ids), ("inputs_embeds", inputs_embeds)) if v is not None
+        }
+        return self._splice_forward(
+            encoder_inputs,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
+
+
+class SpeechEncoderDecoderModel(SpliceModel):
+    r"""
+    Speech-to-text: a speech encoder (Wav2Vec2, the Whisper encoder, ...) joined to a text decoder. Same API and
+    checkpoint format as transformers' `SpeechEncoderDecoderModel`.
+    """
+
+    config_class = SpeechEncoderDecoderConfig
+    base_model_prefix = "speech_encoder_decoder"
+    main_input_name = "inputs"
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients into the convolutional feature extractor of the speech encoder."""
+        self.encoder.freeze_feature_encoder()
+
+    def forward(
+        self,
+        inputs: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""See [`SpliceModel.forward`]; the encoder input is `inputs`, `input_values` or `input_features`."""
+        given = inputs if inputs is not None else input_values if input_values is not None else input_features
+        encoder_inputs = {} if given is None else {self.encoder.main_input_name: given}
+        return self._splice_forward(
+            encoder_inputs,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
