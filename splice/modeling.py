@@ -109,6 +109,9 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             self.main_input_name = encoder.main_input_name
 
         self._build_conditioning()
+        if config.tie_encoder_decoder:
+            # Declared as tied weights, so transformers ties them, saves each once and re-ties them on load.
+            self._tied_weights_keys = self._encoder_decoder_tied_keys()
         self.post_init()
         self._synced_tokens: dict[str, Any] = {}
         self._sync_generation_config()
@@ -151,7 +154,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
         if self.config.tie_encoder_decoder and not all_submodels:
-            tied.update(self._encoder_decoder_tied_keys())
+            tied.update(self._tied_weights_keys)  # the base class honours them only with `tie_word_embeddings`
         return tied
 
     def _encoder_decoder_tied_keys(self) -> dict[str, str]:
@@ -207,8 +210,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             return
         for key, value in self.config.pop_generation_overrides().items():
             setattr(gen, key, value)
-        for field in SPECIAL_TOKENS:
-            synced = self._synced_tokens.get(field)
+        for field, synced in self._synced_tokens.items():
             on_config, on_gen = getattr(self.config, field), getattr(gen, field, None)
             if on_config != synced:
                 setattr(gen, field, on_config)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SPECIAL_TOKENS = ("decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id")
+# Ordered so that a bad id is reported at its root: bos/eos before the fields that fall back to them.
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "decoder_start_token_id", "pad_token_id")
 
 # Where a tokenizer keeps each of our fields.
 _TOKENIZER_ATTRS = {
