@@ -6,10 +6,12 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoModelForSeq2SeqLM,
     AutoModelForSpeechSeq2Seq,
+    AutoProcessor,
 )
 
 from .configuration import EncoderDecoderConfig, SpeechEncoderDecoderConfig, SpliceConfig, VisionEncoderDecoderConfig
 from .modeling import EncoderDecoderModel, SpeechEncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
+from .processing import SpliceProcessor
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ for _config, _model, _autos in _REGISTRY:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     for _auto in _autos:
         _auto.register(_config, _model, exist_ok=True)
+    AutoProcessor.register(_config, SpliceProcessor, exist_ok=True)
 
 __all__ = [
     "EncoderDecoderConfig",
@@ -37,6 +40,7 @@ __all__ = [
     "SpeechEncoderDecoderModel",
     "SpliceConfig",
     "SpliceModel",
+    "SpliceProcessor",
     "VisionEncoderDecoderConfig",
     "VisionEncoderDecoderModel",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
@@ -25,6 +25,7 @@ from .configuration import (
     VisionEncoderDecoderConfig,
 )
 from .encoders import as_token_states, encoder_hidden_size, encoder_tower
+from .processing import SpliceProcessor, decode_ids
 from .special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
 
 logger = logging.get_logger(__name__)
@@ -223,6 +224,26 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             setattr(gen, field, values[field])
         self._synced_tokens = {field: values[field] for field in SPECIAL_TOKENS}
 
+    def configure_special_tokens(self, tokenizer: Any = None, **token_ids: int | list[int] | None) -> dict[str, Any]:
+        r"""
+        Set the special tokens from explicit ids and, for what is still unset, from a tokenizer.
+
+        Args:
+            tokenizer (*optional*): e.g. BERT's tokenizer fills `decoder_start_token_id` with `[CLS]` and
+                `eos_token_id` with `[SEP]` when the configs leave them unset.
+            token_ids: explicit `decoder_start_token_id`, `pad_token_id`, `eos_token_id`, `bos_token_id`.
+
+        Returns:
+            The resolved ids.
+        """
+        self._sync_generation_config()
+        values = resolve_special_tokens(self.config, self.generation_config, tokenizer, **token_ids)
+        values.pop("_source")
+        for field, value in values.items():
+            setattr(self.config, field, value)
+        self._sync_generation_config()
+        return values
+
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         self._sync_generation_config()
         passed = {f: kwargs[f] for f in SPECIAL_TOKENS if kwargs.get(f) is not None}
@@ -253,7 +274,8 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             decoder_pretrained_model_name_or_path (`str`, *optional*): the decoder checkpoint.
             model_args: passed to the encoder's `from_pretrained`.
             kwargs: `encoder_*` go to the encoder (`encoder_model=` an instance), `decoder_*` to the decoder
-                (`decoder_model=` an instance), the rest to the composite config (e.g. `decoder_start_token_id`).
+                (`decoder_model=` an instance), `tokenizer=` fills special tokens the configs leave unset
+                (see `configure_special_tokens`), the rest to the composite config (e.g. `decoder_start_token_id`).
         """
         kwargs_encoder = {k[len("encoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("encoder_")}
         kwargs_decoder = {k[len("decoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder_")}
@@ -261,6 +283,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         if "start_token_id" in kwargs_decoder:
             kwargs["decoder_start_token_id"] = kwargs_decoder.pop("start_token_id")
         conditioning = kwargs.get("conditioning", cls.config_class.conditioning)
+        tokenizer = kwargs.pop("tokenizer", None)
 
         encoder = kwargs_encoder.pop("model", None)
         if encoder is None:
@@ -293,7 +316,10 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **kwargs_decoder)
 
         config = cls.config_class.from_encoder_decoder_configs(encoder_tower(encoder).config, decoder.config, **kwargs)
-        return cls(config=config, encoder=encoder, decoder=decoder)
+        model = cls(config=config, encoder=encoder, decoder=decoder)
+        if tokenizer is not None:
+            model.configure_special_tokens(tokenizer)
+        return model
 
     # -- forward --------------------------------------------------------------------------------------------------
 
@@ -470,6 +496,58 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
                 + ". If the tokenizer has more tokens than the decoder, call "
                 "`model.resize_token_embeddings(len(tokenizer))`."
             )
+
+    # -- one-call inference -----------------------------------------------------------------------------------------
+
+    @property
+    def processor(self):
+        """The processor saved with this model: a `SpliceProcessor` (images) or the tokenizer (text encoders).
+
+        Loaded from the model's directory on first use; assign one to set it.
+        """
+        if self.__dict__.get("_processor") is None:
+            path = self.config.name_or_path
+            loader = SpliceProcessor if self.main_input_name == "pixel_values" else AutoTokenizer
+            try:
+                self.__dict__["_processor"] = loader.from_pretrained(path)
+            except (OSError, ValueError, TypeError) as error:
+                raise ValueError(
+                    f"No processor is saved with this model (looked in {path!r}). Pass `processor=` or assign "
+                    "`model.processor` (a `SpliceProcessor(image_processor, tokenizer)` or, for text, a tokenizer)."
+                ) from error
+        return self.__dict__["_processor"]
+
+    @processor.setter
+    def processor(self, processor) -> None:
+        self.__dict__["_processor"] = processor
+
+    @torch.no_grad()
+    def caption(self, images, processor=None, **generate_kwargs) -> list[str]:
+        r"""
+        Generate text for images in one call.
+
+        Args:
+            images: a PIL image or a list of them (anything the image processor accepts).
+            processor (`SpliceProcessor`, *optional*): defaults to `model.processor`.
+            generate_kwargs: passed to `generate` (e.g. `num_beams`, `max_new_tokens`).
+        """
+        processor = processor or self.processor
+        pixel_values = processor(images=images)["pixel_values"].to(self.device, self.dtype)
+        return decode_ids(processor.tokenizer, self.generate(pixel_values, **generate_kwargs))
+
+    @torch.no_grad()
+    def transform(self, texts: str | list[str], tokenizer=None, **generate_kwargs) -> list[str]:
+        r"""
+        Generate text from source texts in one call (text encoders: summarisation, translation, ...).
+
+        Args:
+            texts: a string or a list of strings.
+            tokenizer (*optional*): defaults to `model.processor` (the tokenizer saved with the model).
+            generate_kwargs: passed to `generate`.
+        """
+        tokenizer = tokenizer or self.processor
+        inputs = tokenizer([texts] if isinstance(texts, str) else texts, padding=True, return_tensors="pt")
+        return decode_ids(tokenizer, self.generate(**inputs.to(self.device), **generate_kwargs))
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs for `labels` (used by `DataCollatorForSeq2Seq`)."""

@@ -272,3 +272,29 @@ def test_generic_splice_model_takes_its_main_input_from_the_encoder(tmp_path):
     vision.save_pretrained(tmp_path)
     loaded = T.AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert type(loaded) is splice.SpliceModel and loaded.config.model_type == "splice"
+
+
+def test_processor_saves_with_the_model_and_captions(tmp_path):
+    from PIL import Image
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(
+        "\n".join(
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue"] + [f"x{chr(97 + i)}" for i in range(26)]
+        )
+    )
+    tokenizer = T.BertTokenizer(vocab_file=str(vocab))
+    processor = splice.SpliceProcessor(T.ViTImageProcessor(size={"height": 30, "width": 30}), tokenizer)
+    model = vision_model(decoder_start_token_id=2, pad_token_id=0, eos_token_id=3)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    loaded = T.AutoProcessor.from_pretrained(tmp_path / "model")
+    assert type(loaded) is splice.SpliceProcessor
+    batch = loaded(images=[Image.new("RGB", (40, 20), "red")], text=["red blue"])
+    assert batch["pixel_values"].shape == (1, 3, 30, 30) and batch["labels"].tolist() == [[2, 5, 6, 3]]
+    assert loaded.batch_decode([[2, 5, -100, 6, 3]]) == ["red blue"]  # -100 from the trainer decodes safely
+    reloaded = splice.VisionEncoderDecoderModel.from_pretrained(tmp_path / "model")
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")]
+    captions = reloaded.caption(images, max_new_tokens=3)
+    expected = loaded.batch_decode(reloaded.generate(loaded(images=images)["pixel_values"], max_new_tokens=3))
+    assert captions == expected and len(captions) == 2

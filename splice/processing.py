@@ -1,0 +1,58 @@
+"""`SpliceProcessor`: the encoder's input processor and the decoder's tokenizer, saved and loaded as one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from transformers import BatchFeature, ProcessorMixin
+
+
+def decode_ids(tokenizer: Any, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+    """Decode ids to strings; -100 (ignored label positions, e.g. from `Seq2SeqTrainer`) decodes as padding."""
+    ids = np.asarray(sequences.cpu() if hasattr(sequences, "cpu") else sequences)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.where(ids < 0, pad, ids)
+    return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+class SpliceProcessor(ProcessorMixin):
+    r"""
+    Prepares images for a vision splice model and decodes its outputs. (Text encoders use their tokenizer alone.)
+
+    Args:
+        image_processor: turns images into `pixel_values`.
+        tokenizer: the decoder's tokenizer.
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any):
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(self, images: Any = None, text: Any = None, text_target: Any = None, **kwargs: Any) -> BatchFeature:
+        r"""
+        Args:
+            images (*optional*): images for the vision encoder → `pixel_values`.
+            text or text_target (*optional*): the target captions (→ `labels`, as TrOCR's processor).
+            kwargs: passed to the tokenizer (e.g. `padding`, `max_length`, `return_tensors`).
+        """
+        if images is None and text is None and text_target is None:
+            raise ValueError("SpliceProcessor needs `images`, `text` or `text_target`.")
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        features: dict[str, Any] = {}
+        if images is not None:
+            features.update(self.image_processor(images, return_tensors=return_tensors))
+        targets = text_target if text_target is not None else text
+        if targets is not None:
+            features["labels"] = self.tokenizer(targets, return_tensors=return_tensors, **kwargs)["input_ids"]
+        return BatchFeature(features)
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+        """Decode ids to strings; -100 decodes as padding (see `decode_ids`)."""
+        return decode_ids(self.tokenizer, sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True, **kwargs: Any) -> str:
+        return self.batch_decode([ids], skip_special_tokens=skip_special_tokens, **kwargs)[0]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(self.image_processor.model_input_names) + ["labels"]
