@@ -13,12 +13,14 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--n-train", type=int, default=2000, help="generated training scenes")
+    demo.add_argument("--n-eval", type=int, default=200, help="generated held-out scenes")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+        run_demo(args.output_dir, args.steps, args.batch_size, args.seed, n_train=args.n_train, n_eval=args.n_eval)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
@@ -18,6 +19,17 @@ CONDITIONINGS = ("native", "injected", "prefix", "auto")
 _GENERATION_KEYS = frozenset(GenerationConfig._get_default_generation_params()) - {"use_cache"}
 
 
+def supports_native_cross_attention(decoder_config: PreTrainedConfig) -> bool:
+    """Whether the decoder's causal-LM class has cross-attention layers it can build (`add_cross_attention`)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        decoder_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(decoder_config)]
+    except KeyError:
+        return False
+    return "encoder_hidden_states" in inspect.signature(decoder_class.forward).parameters
+
+
 @strict
 class SpliceConfig(PreTrainedConfig):
     r"""
@@ -28,9 +40,19 @@ class SpliceConfig(PreTrainedConfig):
             Configuration of the encoder (anything `AutoModel` builds whose output has `last_hidden_state`).
         decoder (`PreTrainedConfig` or `dict`):
             Configuration of the decoder (anything `AutoModelForCausalLM` builds).
-        conditioning (`str`, *optional*, defaults to `"native"`):
+        conditioning (`str`, *optional*, defaults to `"auto"`):
             How the decoder sees the encoder: `"native"` uses the decoder's own cross-attention layers
-            (`add_cross_attention=True`, as GPT-2, BERT, RoBERTa, TrOCR, BART, Electra have).
+            (`add_cross_attention=True`, as GPT-2, BERT, RoBERTa, TrOCR, BART, Electra have); `"injected"` wraps the
+            decoder's layers with splice's gated cross-attention (any decoder-only LM: Llama, Qwen, Mistral, ...);
+            `"auto"` picks native where the decoder family has it, else injected, and records the choice.
+        cross_attention_every (`int`, *optional*, defaults to 1):
+            Injected: add a cross-attention block after every k-th decoder layer.
+        cross_attention_reduce_factor (`int`, *optional*, defaults to 1):
+            Injected: query/key/value width divided by r, heads kept (SmallCap's reduced cross-attention).
+        cross_attention_feed_forward (`bool`, *optional*, defaults to `False`):
+            Injected: add a gated feed-forward after each cross-attention.
+        cross_attention_layers_attr (`str`, *optional*):
+            Injected: dotted path of the decoder's layer list (e.g. `"model.layers"`) when it cannot be found.
         cross_attention_hidden_size (`int`, *optional*):
             Width of the encoder states the decoder's cross-attention expects; when it differs from both the encoder
             width and unset, splice adds `enc_to_dec_proj`.
@@ -52,7 +74,11 @@ class SpliceConfig(PreTrainedConfig):
     encoder: PreTrainedConfig | dict | None = None
     decoder: PreTrainedConfig | dict | None = None
     is_encoder_decoder: bool = True
-    conditioning: str = "native"
+    conditioning: str = "auto"
+    cross_attention_every: int = 1
+    cross_attention_reduce_factor: int = 1
+    cross_attention_feed_forward: bool = False
+    cross_attention_layers_attr: str | None = None
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -64,9 +90,15 @@ class SpliceConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
-                f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}. Use 'native' for decoders with "
-                "their own cross-attention."
+                f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}: 'native' uses the decoder's own "
+                "cross-attention, 'injected' adds splice's, 'auto' picks native where the decoder has it."
             )
+        if self.conditioning == "auto":
+            # Resolved once and saved, so loading a checkpoint never depends on guessing again.
+            self.conditioning = "native" if supports_native_cross_attention(self.decoder) else "injected"
+        if self.conditioning == "native":
+            self.decoder.is_decoder = True
+            self.decoder.add_cross_attention = True
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key in _GENERATION_KEYS and key not in self.__dataclass_fields__:
@@ -133,7 +165,8 @@ class SpliceConfig(PreTrainedConfig):
             decoder_config (`PreTrainedConfig`): the decoder's configuration.
             kwargs: composite fields (`conditioning`, special-token ids, ...).
         """
-        if kwargs.get("conditioning", "native") == "native":
+        conditioning = kwargs.get("conditioning", "auto")
+        if conditioning == "native" or (conditioning == "auto" and supports_native_cross_attention(decoder_config)):
             logger.info("Setting `is_decoder=True` and `add_cross_attention=True` on the decoder config")
             decoder_config.is_decoder = True
             decoder_config.add_cross_attention = True

@@ -89,7 +89,14 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> VisionEncoderDecoderModel
     return VisionEncoderDecoderModel(config)
 
 
-def run_demo(output_dir: str = "splice-demo", steps: int = 300, batch_size: int = 32, seed: int = 0) -> dict:
+def run_demo(
+    output_dir: str = "splice-demo",
+    steps: int = 300,
+    batch_size: int = 32,
+    seed: int = 0,
+    n_train: int = 2000,
+    n_eval: int = 200,
+) -> dict:
     r"""
     Train a small captioner on generated shapes, evaluate on held-out scenes, save it and caption samples.
 
@@ -98,13 +105,14 @@ def run_demo(output_dir: str = "splice-demo", steps: int = 300, batch_size: int 
         steps: optimisation steps.
         batch_size: images per step.
         seed: seeds data, weights and order.
+        n_train, n_eval: numbers of generated training and held-out scenes.
 
     Returns:
         `dict` with `exact_match` on held-out scenes, `seconds` and `output_dir`.
     """
     torch.manual_seed(seed)
     start = time.time()
-    train, held_out = shapes_dataset(2000, seed), shapes_dataset(200, seed + 1)
+    train, held_out = shapes_dataset(n_train, seed), shapes_dataset(n_eval, seed + 1)
     tokenizer = train_tokenizer([c for _, c in train])
     processor = SpliceProcessor(ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer)
     model = build_model(tokenizer).train()
@@ -121,7 +129,7 @@ def run_demo(output_dir: str = "splice-demo", steps: int = 300, batch_size: int 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step % 50 == 0 or step == 1:
+        if step % 50 == 0 or step in (1, steps):
             print(f"step {step:4d}  loss {loss.item():.4f}")
 
     model.eval()

@@ -128,7 +128,7 @@ def test_decoder_without_cross_attention_names_conditioning():
         bos_token_id=1,
         eos_token_id=2,
     )
-    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), llama)
+    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), llama, conditioning="native")
     with pytest.raises(ValueError, match="no cross-attention.*conditioning"):
         splice.VisionEncoderDecoderModel(config)
 
