@@ -30,6 +30,11 @@ def supports_native_cross_attention(decoder_config: PreTrainedConfig) -> bool:
     return "encoder_hidden_states" in inspect.signature(decoder_class.forward).parameters
 
 
+def uses_native_cross_attention(conditioning: str, decoder_config: PreTrainedConfig) -> bool:
+    """Whether `conditioning` ("native", or "auto" on a decoder family that has cross-attention) means native."""
+    return conditioning == "native" or (conditioning == "auto" and supports_native_cross_attention(decoder_config))
+
+
 @strict
 class SpliceConfig(PreTrainedConfig):
     r"""
@@ -165,8 +170,7 @@ class SpliceConfig(PreTrainedConfig):
             decoder_config (`PreTrainedConfig`): the decoder's configuration.
             kwargs: composite fields (`conditioning`, special-token ids, ...).
         """
-        conditioning = kwargs.get("conditioning", "auto")
-        if conditioning == "native" or (conditioning == "auto" and supports_native_cross_attention(decoder_config)):
+        if uses_native_cross_attention(kwargs.get("conditioning", "auto"), decoder_config):
             logger.info("Setting `is_decoder=True` and `add_cross_attention=True` on the decoder config")
             decoder_config.is_decoder = True
             decoder_config.add_cross_attention = True

@@ -23,6 +23,7 @@ from .configuration import (
     SpeechEncoderDecoderConfig,
     SpliceConfig,
     VisionEncoderDecoderConfig,
+    uses_native_cross_attention,
 )
 from .encoders import as_token_states, encoder_hidden_size, encoder_tower
 from .processing import SpliceProcessor, decode_ids
@@ -282,7 +283,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         # The composite field `decoder_start_token_id` is not a `decoder_` kwarg.
         if "start_token_id" in kwargs_decoder:
             kwargs["decoder_start_token_id"] = kwargs_decoder.pop("start_token_id")
-        conditioning = kwargs.get("conditioning", cls.config_class.conditioning)
+        conditioning = kwargs.get("conditioning", "auto")
         tokenizer = kwargs.pop("tokenizer", None)
 
         encoder = kwargs_encoder.pop("model", None)
@@ -309,7 +310,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
                     decoder_pretrained_model_name_or_path, **kwargs_decoder, return_unused_kwargs=True
                 )
                 kwargs_decoder["config"] = decoder_config
-            if conditioning == "native":
+            if uses_native_cross_attention(conditioning, kwargs_decoder["config"]):
                 logger.info("Adding cross-attention layers to the decoder; they start from random weights.")
                 kwargs_decoder["config"].is_decoder = True
                 kwargs_decoder["config"].add_cross_attention = True
