@@ -58,6 +58,12 @@ class SpliceConfig(PreTrainedConfig):
             Injected: add a gated feed-forward after each cross-attention.
         cross_attention_layers_attr (`str`, *optional*):
             Injected: dotted path of the decoder's layer list (e.g. `"model.layers"`) when it cannot be found.
+        prefix_projector (`str`, *optional*, defaults to `"mlp"`):
+            Prefix: `"linear"` or `"mlp"` from encoder states to the decoder's input-embedding space.
+        prefix_length (`int`, *optional*):
+            Prefix: reduce the encoder states to this many prefix tokens; `None` keeps one token per state.
+        prefix_reducer (`str`, *optional*, defaults to `"pool"`):
+            Prefix: `"pool"` (adaptive average pooling) or `"resampler"` (learned queries), with `prefix_length`.
         cross_attention_hidden_size (`int`, *optional*):
             Width of the encoder states the decoder's cross-attention expects; when it differs from both the encoder
             width and unset, splice adds `enc_to_dec_proj`.
@@ -84,6 +90,9 @@ class SpliceConfig(PreTrainedConfig):
     cross_attention_reduce_factor: int = 1
     cross_attention_feed_forward: bool = False
     cross_attention_layers_attr: str | None = None
+    prefix_projector: str = "mlp"
+    prefix_length: int | None = None
+    prefix_reducer: str = "pool"
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -96,7 +105,8 @@ class SpliceConfig(PreTrainedConfig):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
                 f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}: 'native' uses the decoder's own "
-                "cross-attention, 'injected' adds splice's, 'auto' picks native where the decoder has it."
+                "cross-attention, 'injected' adds splice's, 'prefix' prepends the encoder states to the decoder's "
+                "input, 'auto' picks native where the decoder has it, else injected."
             )
         if self.conditioning == "auto":
             # Resolved once and saved, so loading a checkpoint never depends on guessing again.

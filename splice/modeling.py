@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
 
@@ -26,6 +26,8 @@ from .configuration import (
     uses_native_cross_attention,
 )
 from .encoders import as_token_states, encoder_hidden_size, encoder_tower
+from .injection import inject_cross_attention
+from .prefix import PrefixProjector
 from .processing import SpliceProcessor, decode_ids
 from .special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
 
@@ -50,6 +52,11 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_s
     shifted[:, 1:] = labels[:, :-1].clone()
     shifted[:, 0] = decoder_start_token_id
     return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+def _self_attention_cache(past_key_values: Cache | None) -> Cache | None:
+    """The decoder's own cache: `generate` wraps it in an `EncoderDecoderCache`, which decoder-only LMs do not take."""
+    return past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else past_key_values
 
 
 def _has_cross_attention(decoder: nn.Module) -> bool:
@@ -122,19 +129,38 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
 
     def _build_conditioning(self) -> None:
         """Attach what lets the decoder read the encoder states, according to `config.conditioning`."""
-        conditioning = self.config.conditioning
-        if conditioning != "native":
-            raise NotImplementedError(f"conditioning={conditioning!r} is not available yet; use 'native'.")
+        config = self.config
+        enc_width = encoder_hidden_size(config.encoder)
+        if config.conditioning == "injected":
+            self._cross_attention_context = inject_cross_attention(
+                self.decoder,
+                enc_width,
+                every=config.cross_attention_every,
+                reduce_factor=config.cross_attention_reduce_factor,
+                feed_forward=config.cross_attention_feed_forward,
+                layers_attr=config.cross_attention_layers_attr,
+            )
+            return
+        if config.conditioning == "prefix":
+            self.prefix_projector = PrefixProjector(
+                enc_width,
+                self.decoder.get_input_embeddings().embedding_dim,
+                projector=config.prefix_projector,
+                prefix_length=config.prefix_length,
+                reducer=config.prefix_reducer,
+                num_heads=getattr(config.decoder, "num_attention_heads", 4),
+            )
+            return
         if not _has_cross_attention(self.decoder):
             raise ValueError(
                 f"The decoder {type(self.decoder).__name__} has no cross-attention layers, so "
-                "conditioning='native' cannot feed it the encoder states. Decoders with native cross-attention: "
-                "GPT-2, BERT, RoBERTa, Electra, TrOCR, BART (`BartForCausalLM`), built with `add_cross_attention=True` "
-                "(`from_encoder_decoder_configs` sets it)."
+                "conditioning='native' cannot feed it the encoder states. Use conditioning='injected' (splice adds "
+                "gated cross-attention to any decoder) or 'prefix', or 'auto' to choose. Decoders with native "
+                "cross-attention: GPT-2, BERT, RoBERTa, Electra, TrOCR, BART (`BartForCausalLM`), built with "
+                "`add_cross_attention=True` (`from_encoder_decoder_configs` sets it)."
             )
-        enc_width = encoder_hidden_size(self.config.encoder)
-        dec_width = self.config.decoder.hidden_size
-        cross_width = getattr(self.config.decoder, "cross_attention_hidden_size", None)
+        dec_width = config.decoder.hidden_size
+        cross_width = getattr(config.decoder, "cross_attention_hidden_size", None)
         if cross_width is not None and cross_width != enc_width:
             raise ValueError(
                 f"The decoder config sets cross_attention_hidden_size={cross_width}, but the encoder's hidden size is "
@@ -437,11 +463,12 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         if decoder_input_ids is not None:
             self._check_ids("decoder_input_ids", decoder_input_ids)
 
-        decoder_outputs = self.decoder(
+        decode = {"native": self._decode_native, "injected": self._decode_injected, "prefix": self._decode_prefix}
+        decoder_outputs = decode[self.config.conditioning](
+            encoder_hidden_states,
+            encoder_attention_mask,
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
             inputs_embeds=decoder_inputs_embeds,
             past_key_values=past_key_values,
             use_cache=use_cache,
@@ -472,6 +499,60 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             encoder_attentions=getattr(encoder_outputs, "attentions", None),
         )
         return output if return_dict else output.to_tuple()
+
+    def _decode_native(self, encoder_hidden_states, encoder_attention_mask, **decoder_kwargs):
+        return self.decoder(
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask, **decoder_kwargs
+        )
+
+    def _decode_injected(self, encoder_hidden_states, encoder_attention_mask, past_key_values=None, **decoder_kwargs):
+        # The injected blocks read the encoder states from the context; their keys/values are projected once per
+        # distinct states tensor, i.e. once per `generate` call (the same encoder output is passed at every step).
+        self._cross_attention_context.set(encoder_hidden_states, encoder_attention_mask)
+        outputs = self.decoder(past_key_values=_self_attention_cache(past_key_values), **decoder_kwargs)
+        if past_key_values is not None:
+            outputs.past_key_values = past_key_values
+        return outputs
+
+    def _decode_prefix(
+        self,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        past_key_values=None,
+        **decoder_kwargs,
+    ):
+        cache = _self_attention_cache(past_key_values)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if inputs_embeds is None:
+            inputs_embeds = self.decoder.get_input_embeddings()(input_ids)  # [B, T, D]
+        prefix_mask = self.prefix_projector.prefix_mask(encoder_hidden_states, encoder_attention_mask)  # [B, P]
+        prefix_length = prefix_mask.shape[1]
+        if past_length == 0:  # the prefix enters once; later steps find it in the KV cache
+            prefix = self.prefix_projector(encoder_hidden_states, encoder_attention_mask)  # [B, P, D]
+            inputs_embeds = torch.cat([prefix.to(inputs_embeds.dtype), inputs_embeds], dim=1)  # [B, P+T, D]
+        batch, new_length = inputs_embeds.shape[:2]
+        text_length = past_length + new_length - prefix_length
+        if attention_mask is None:
+            attention_mask = prefix_mask.new_ones(batch, text_length)
+        full_mask = torch.cat([prefix_mask, attention_mask[:, -text_length:].to(prefix_mask.dtype)], dim=1)
+        # Positions count real tokens only, so a padded prefix or padded text shifts nothing.
+        position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -new_length:]
+        decoder_kwargs.pop("position_ids", None)
+        outputs = self.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            **decoder_kwargs,
+        )
+        if past_length == 0:
+            outputs.logits = outputs.logits[:, prefix_length:]  # logits for the text positions only
+        if past_key_values is not None:
+            outputs.past_key_values = past_key_values
+        return outputs
 
     def _encoder_attention_mask(self, attention_mask: torch.Tensor | None, states: torch.Tensor) -> torch.Tensor | None:
         """The encoder padding mask at the resolution of the encoder's output states `[B, S]`."""

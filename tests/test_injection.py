@@ -1,0 +1,423 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import (  # noqa: E402
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from splice.injection import (  # noqa: E402
+    CrossAttentionContext,
+    CrossAttentionLayer,
+    GatedCrossAttention,
+    cross_attention_layers,
+    cross_attention_parameters,
+    find_decoder_layers,
+    get_cross_attention_context,
+    inject_cross_attention,
+    injected_parameter_names,
+)
+
+VOCAB = 100
+ENC_DIM = 24  # deliberately different from every decoder width
+NUM_LAYERS = 4
+_GQA = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+# name -> (model class, config factory, dotted path of the layer list)
+FAMILIES = {
+    "llama": (LlamaForCausalLM, lambda: LlamaConfig(**_GQA), "model.layers"),
+    "mistral": (MistralForCausalLM, lambda: MistralConfig(**_GQA, sliding_window=4), "model.layers"),
+    "qwen2": (Qwen2ForCausalLM, lambda: Qwen2Config(**_GQA), "model.layers"),
+    "qwen3": (Qwen3ForCausalLM, lambda: Qwen3Config(**_GQA, head_dim=8), "model.layers"),
+    "gemma2": (Gemma2ForCausalLM, lambda: Gemma2Config(**_GQA, head_dim=8, sliding_window=4), "model.layers"),
+    "gemma3": (Gemma3ForCausalLM, lambda: Gemma3TextConfig(**_GQA, head_dim=8, sliding_window=4), "model.layers"),
+    "phi3": (Phi3ForCausalLM, lambda: Phi3Config(**_GQA, resid_pdrop=0.0, embd_pdrop=0.0), "model.layers"),
+    # word_embed_proj_dim != hidden_size: the layers run at hidden_size, which injection must pick.
+    "opt": (
+        OPTForCausalLM,
+        lambda: OPTConfig(hidden_size=48, word_embed_proj_dim=32, ffn_dim=64, num_attention_heads=4, dropout=0.0),
+        "model.decoder.layers",
+    ),
+    "gpt_neox": (
+        GPTNeoXForCausalLM,
+        lambda: GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout=0.0),
+        "gpt_neox.layers",
+    ),
+    "gpt2": (
+        GPT2LMHeadModel,
+        lambda: GPT2Config(n_embd=32, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+        "transformer.h",
+    ),
+}
+
+
+def make_decoder(family: str, num_layers: int = NUM_LAYERS) -> nn.Module:
+    model_class, make_config, _ = FAMILIES[family]
+    config = make_config()
+    config.vocab_size = VOCAB
+    config.num_hidden_layers = num_layers
+    config.max_position_embeddings = 64
+    config.pad_token_id = 0
+    config.bos_token_id = 1
+    config.eos_token_id = 2
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+def encoder_inputs(batch_size: int = 2, length: int = 5, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randn(batch_size, length, ENC_DIM, generator=generator)  # [B, S, E]
+    mask = torch.ones(batch_size, length, dtype=torch.long)
+    mask[0, -2:] = 0  # the first sample has two padded encoder positions
+    return states, mask
+
+
+def input_ids(batch_size: int = 2, length: int = 7) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (batch_size, length), generator=torch.Generator().manual_seed(2))
+
+
+def open_gates(model: nn.Module, value: float = 0.5) -> None:
+    with torch.no_grad():
+        for name, param in cross_attention_parameters(model):
+            if name.endswith("_gate"):
+                param.fill_(value)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids).logits
+
+
+families = pytest.mark.parametrize("family", list(FAMILIES))
+
+
+@families
+def test_find_decoder_layers(family):
+    model = make_decoder(family)
+    path, layers = find_decoder_layers(model)
+    assert path == FAMILIES[family][2]
+    assert len(layers) == NUM_LAYERS
+    assert layers is model.get_submodule(path)
+    assert find_decoder_layers(model, FAMILIES[family][2])[1] is layers
+
+
+def test_find_decoder_layers_errors():
+    class NoLayers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = LlamaConfig(num_hidden_layers=3)
+            self.blocks = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+            self.heads = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])  # wrong length
+
+    with pytest.raises(ValueError, match="cross_attention_layers_attr"):
+        find_decoder_layers(NoLayers())
+    with pytest.raises(ValueError, match="cross_attention_layers_attr"):
+        find_decoder_layers(NoLayers(), "blocks")  # exists but is not a ModuleList
+    with pytest.raises(ValueError, match="cross_attention_layers_attr"):
+        find_decoder_layers(NoLayers(), "model.layers")  # does not exist
+
+
+def test_find_decoder_layers_prefers_blocks_over_same_length_list():
+    model = make_decoder("llama")
+    # A decoy list of the same length whose children are smaller than the real blocks.
+    model.decoy = nn.ModuleList([nn.LayerNorm(4) for _ in range(NUM_LAYERS)])
+    assert find_decoder_layers(model)[0] == "model.layers"
+
+
+@families
+def test_gate_zero_is_exact_identity(family):
+    model = make_decoder(family)
+    bare = copy.deepcopy(model)
+    ids = input_ids()
+    context = inject_cross_attention(model, ENC_DIM, feed_forward=True)
+    states, mask = encoder_inputs()
+    context.set(states, mask)
+    injected = logits(model, ids)
+    assert torch.equal(injected, logits(bare, ids))
+    # The blocks did run (and would have changed the logits with any other gate value).
+    open_gates(model, 1e-3)
+    assert not torch.equal(logits(model, ids), injected)
+
+
+@families
+def test_open_gates_use_encoder_states_and_mask(family):
+    model = make_decoder(family)
+    bare = copy.deepcopy(model)
+    ids = input_ids()
+    context = inject_cross_attention(model, ENC_DIM, every=2)
+    open_gates(model)
+    states, mask = encoder_inputs()
+    context.set(states, mask)
+    reference = logits(model, ids)
+    assert not torch.allclose(reference, logits(bare, ids))
+
+    # Changing only masked encoder positions (sample 0, last two) leaves the logits unchanged.
+    masked_change = states.clone()
+    masked_change[0, -2:] += 10.0
+    context.set(masked_change, mask)
+    assert torch.equal(logits(model, ids), reference)
+
+    # Changing an unmasked position changes the logits of that sample only.
+    unmasked_change = states.clone()
+    unmasked_change[0, 0] += 1.0
+    context.set(unmasked_change, mask)
+    changed = logits(model, ids)
+    assert not torch.allclose(changed[0], reference[0])
+    assert torch.equal(changed[1], reference[1])
+
+    # Without a mask the padded positions are attended to.
+    context.set(states)
+    assert not torch.allclose(logits(model, ids)[0], reference[0])
+
+    # A fully masked sample gets no cross-attention at all (and no NaN).
+    full_mask = mask.clone()
+    full_mask[1] = 0
+    context.set(states, full_mask)
+    out = logits(model, ids)
+    assert not out.isnan().any()
+    assert torch.equal(out[1], logits(bare, ids)[1])
+    assert torch.equal(out[0], reference[0])
+
+
+@families
+def test_generate_with_cache_matches_without(family):
+    model = make_decoder(family)
+    context = inject_cross_attention(model, ENC_DIM, feed_forward=True)
+    open_gates(model)
+    states, mask = encoder_inputs()
+    context.set(states, mask)
+    ids = input_ids()
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "attention_mask": torch.ones_like(ids)}
+    cached = model.generate(ids, use_cache=True, **kwargs)
+    uncached = model.generate(ids, use_cache=False, **kwargs)
+    assert cached.shape[1] > ids.shape[1]
+    assert torch.equal(cached, uncached)
+
+
+@families
+def test_key_value_projection_runs_once_per_generate(family):
+    model = make_decoder(family)
+    context = inject_cross_attention(model, ENC_DIM)
+    open_gates(model)
+    blocks = [layer.cross_attention for _, layer in cross_attention_layers(model)]
+    assert len(blocks) == NUM_LAYERS
+    calls = {"k": 0, "v": 0}
+
+    def counter(key):
+        def hook(module, args, output):
+            calls[key] += 1
+
+        return hook
+
+    for block in blocks:
+        block.k_proj.register_forward_hook(counter("k"))
+        block.v_proj.register_forward_hook(counter("v"))
+    states, mask = encoder_inputs()
+    context.set(states, mask)
+    ids = input_ids()
+    generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert generated.shape[1] == ids.shape[1] + 6
+    assert calls == {"k": len(blocks), "v": len(blocks)}
+
+    # Re-setting the same tensor keeps the cache; a new tensor invalidates it.
+    context.set(states, mask)
+    logits(model, ids)
+    assert calls["k"] == len(blocks)
+    context.set(states.clone(), mask)
+    logits(model, ids)
+    assert calls["k"] == 2 * len(blocks)
+
+    # An in-place weight update (e.g. an optimizer step) invalidates it too, so no stale keys are used.
+    before = logits(model, ids)
+    with torch.no_grad():
+        blocks[-1].k_proj.weight.mul_(3.0)
+    after = logits(model, ids)
+    assert calls["k"] == 2 * len(blocks) + 1  # only the updated block projects again
+    assert not torch.allclose(before, after)
+
+
+def test_every_and_reduce_factor():
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=128, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4
+    )
+    model = LlamaForCausalLM(config)
+    wrapped = copy.deepcopy(model)
+    inject_cross_attention(wrapped, ENC_DIM, every=2)
+    layers = find_decoder_layers(wrapped)[1]
+    assert [isinstance(layer, CrossAttentionLayer) for layer in layers] == [False, True, False, True]
+
+    hidden = 128
+    for factor in (1, 2, 4, 8, 16):
+        for feed_forward in (False, True):
+            decoder = copy.deepcopy(model)
+            inject_cross_attention(decoder, ENC_DIM, reduce_factor=factor, feed_forward=feed_forward)
+            inner = hidden // factor
+            expected = (hidden * inner + inner) + 2 * (ENC_DIM * inner + inner) + (inner * hidden + hidden)
+            expected += 2 * hidden + 1  # query LayerNorm + attention gate
+            if feed_forward:
+                expected += 2 * hidden + (hidden * 4 * hidden + 4 * hidden) + (4 * hidden * hidden + hidden) + 1
+            counted = sum(param.numel() for _, param in cross_attention_parameters(decoder))
+            assert counted == 4 * expected, (factor, feed_forward)
+            block = find_decoder_layers(decoder)[1][0].cross_attention
+            assert block.head_dim == inner // 4
+
+    for bad in (3, 64, 0):  # 128 / 3 not integral; 128 / 64 = 2 not divisible by 4 heads; 0 meaningless
+        with pytest.raises(ValueError, match="cross_attention_reduce_factor"):
+            inject_cross_attention(copy.deepcopy(model), ENC_DIM, reduce_factor=bad)
+
+
+@families
+def test_gradient_checkpointing(family):
+    model = make_decoder(family, num_layers=2)
+    inject_cross_attention(model, ENC_DIM, feed_forward=True)
+    open_gates(model)
+    states, mask = encoder_inputs()
+    ids = input_ids()
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        decoder = copy.deepcopy(model).train()
+        if checkpointing:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # the method is deprecated for an alias in v5
+                decoder.gradient_checkpointing_enable()
+            wrappers = [layer for _, layer in cross_attention_layers(decoder)]
+            assert all(wrapper.base_layer.gradient_checkpointing for wrapper in wrappers)
+        decoder.zero_grad()
+        with get_cross_attention_context(decoder).bind(states, mask):
+            decoder(input_ids=ids, labels=ids).loss.backward()
+        return {name: param.grad for name, param in cross_attention_parameters(decoder)}
+
+    with_checkpointing = gradients(True)
+    without = gradients(False)
+    assert with_checkpointing.keys() == without.keys() and len(without) > 0
+    for name, grad in with_checkpointing.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, without[name], msg=name)
+
+
+@families
+def test_state_dict_attributes_and_double_injection(family):
+    model = make_decoder(family)
+    path = FAMILIES[family][2]
+    base_layer = find_decoder_layers(model)[1][1]
+    base_keys = set(base_layer.state_dict())
+    inject_cross_attention(model, ENC_DIM, every=2)
+    keys = set(model.state_dict())
+    assert {f"{path}.1.base_layer.{key}" for key in base_keys} <= keys
+    assert f"{path}.1.cross_attention.q_proj.weight" in keys
+    assert f"{path}.1.cross_attention.attn_gate" in keys
+    assert not any(key.startswith(f"{path}.0.base_layer") for key in keys)  # layer 0 is not wrapped
+    assert set(injected_parameter_names(model)) == {key for key in keys if ".cross_attention." in key}
+
+    # Attribute accesses on the layer (self_attn, attention_type, layer_idx, ...) reach the original layer.
+    wrapper = find_decoder_layers(model)[1][1]
+    assert wrapper.base_layer is base_layer
+    for name, child in base_layer.named_children():
+        assert getattr(wrapper, name) is child
+    for name in ("attention_type", "layer_idx", "hidden_size"):
+        if hasattr(base_layer, name):
+            assert getattr(wrapper, name) == getattr(base_layer, name)
+    with pytest.raises(AttributeError):
+        wrapper.does_not_exist  # noqa: B018
+
+    with pytest.raises(ValueError, match="already injected"):
+        inject_cross_attention(model, ENC_DIM)
+
+    # The state dict round-trips into a freshly injected copy of the bare architecture.
+    open_gates(model)
+    fresh = make_decoder(family)
+    fresh_context = inject_cross_attention(fresh, ENC_DIM, every=2)
+    fresh.load_state_dict(model.state_dict())
+    states, mask = encoder_inputs()
+    get_cross_attention_context(model).set(states, mask)
+    fresh_context.set(states, mask)
+    assert torch.equal(logits(fresh, input_ids()), logits(model, input_ids()))
+
+
+@families
+def test_output_hidden_states_include_cross_attention(family):
+    model = make_decoder(family)
+    context = inject_cross_attention(model, ENC_DIM)
+    open_gates(model)
+    layer_inputs = []
+    for _, layer in cross_attention_layers(model):
+        layer.register_forward_pre_hook(lambda module, args: layer_inputs.append(args[0]))
+    states, mask = encoder_inputs()
+    context.set(states, mask)
+    with torch.no_grad():
+        hidden_states = model(input_ids=input_ids(), output_hidden_states=True).hidden_states
+    assert len(hidden_states) == NUM_LAYERS + 1
+    # The output recorded for layer i is the input of layer i + 1, i.e. it includes the cross-attention.
+    for index in range(1, NUM_LAYERS):
+        assert torch.equal(hidden_states[index], layer_inputs[index])
+
+
+def test_missing_encoder_states_raises():
+    model = make_decoder("llama")
+    context = inject_cross_attention(model, ENC_DIM)
+    with pytest.raises(RuntimeError, match="encoder states"):
+        logits(model, input_ids())
+    context.set(*encoder_inputs())
+    logits(model, input_ids())
+    context.clear()
+    with pytest.raises(RuntimeError, match="encoder states"):
+        logits(model, input_ids())
+
+
+def test_shared_context_and_custom_layers_attr():
+    model = make_decoder("gpt2")
+    context = CrossAttentionContext()
+    returned = inject_cross_attention(model, ENC_DIM, layers_attr="transformer.h", context=context, every=4)
+    assert returned is context
+    assert [name for name, _ in cross_attention_layers(model)] == ["transformer.h.3"]
+
+
+def test_tuple_outputs_are_preserved():
+    class TupleLayer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.layer_idx = 7
+
+        def forward(self, hidden_states, attention_mask=None):
+            return self.proj(hidden_states), "attn-weights", attention_mask
+
+    context = CrossAttentionContext()
+    layer = CrossAttentionLayer(TupleLayer(), GatedCrossAttention(16, ENC_DIM, num_heads=2), context)
+    with torch.no_grad():
+        layer.cross_attention.attn_gate.fill_(0.5)
+    hidden = torch.randn(2, 3, 16)
+    states, mask = encoder_inputs()
+    context.set(states, mask)
+    out = layer(hidden, attention_mask="mask")
+    assert isinstance(out, tuple) and out[1:] == ("attn-weights", "mask")
+    base_out = layer.base_layer(hidden)[0]
+    expected = layer.cross_attention(base_out, states, mask)
+    torch.testing.assert_close(out[0], expected)
+    assert not torch.allclose(out[0], base_out)
+    assert layer.layer_idx == 7
