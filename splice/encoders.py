@@ -10,11 +10,14 @@ def encoder_tower(encoder: PreTrainedModel) -> PreTrainedModel:
     """Return the part of `encoder` that encodes the input.
 
     A full dual-tower checkpoint (CLIPModel, SiglipModel) loads through `AutoModel` as both towers; splicing uses its
-    vision tower, the part whose states a captioner reads.
+    vision tower, the part whose states a captioner reads. A full encoder-decoder checkpoint (T5, Whisper) contributes
+    its encoder.
     """
     vision = getattr(encoder, "vision_model", None)
     if isinstance(vision, PreTrainedModel) and getattr(encoder, "text_model", None) is not None:
         return vision
+    if getattr(encoder.config, "is_encoder_decoder", False):  # T5Model, WhisperModel: keep their encoder
+        return encoder.get_encoder()
     return encoder
 
 

@@ -26,7 +26,7 @@ from .configuration import (
     uses_native_cross_attention,
 )
 from .encoders import as_token_states, encoder_hidden_size, encoder_tower
-from .injection import inject_cross_attention
+from .injection import GatedCrossAttention, inject_cross_attention
 from .prefix import PrefixProjector
 from .processing import SpliceProcessor, decode_ids
 from .special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
@@ -94,7 +94,11 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         if encoder is not None:
             encoder = encoder_tower(encoder)
         if config is None:
-            config = self.config_class.from_encoder_decoder_configs(encoder.config, decoder.config)
+            # Given instances, "auto" is decided by the decoder as built: its own cross-attention if it has some.
+            conditioning = "native" if _has_cross_attention(decoder) else "injected"
+            config = self.config_class.from_encoder_decoder_configs(
+                encoder.config, decoder.config, conditioning=conditioning
+            )
         elif not isinstance(config, self.config_class):
             raise ValueError(f"Config: {type(config).__name__} has to be of type {self.config_class.__name__}")
         super().__init__(config)
@@ -172,12 +176,13 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Each part initialises its own modules the way its family does; splice's own modules use the decoder's rule.
-        for part in (self.encoder, self.decoder):
-            if any(module is m for m in part.modules()):
-                part._init_weights(module)
-                return
-        self.decoder._init_weights(module)
+        # Each part initialises its modules the way its family does; splice's own modules use the decoder's rule.
+        if "_encoder_module_ids" not in self.__dict__:
+            self.__dict__["_encoder_module_ids"] = {id(m) for m in self.encoder.modules()}
+        owner = self.encoder if id(module) in self.__dict__["_encoder_module_ids"] else self.decoder
+        owner._init_weights(module)
+        if isinstance(module, GatedCrossAttention):
+            module.reset_gates()  # gates at 0: an injected block starts as the identity
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
