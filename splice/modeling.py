@@ -452,10 +452,10 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         elif isinstance(encoder_outputs, tuple):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
-        encoder_hidden_states = as_token_states(encoder_outputs[0])  # [B, S, E]
-        if hasattr(self, "enc_to_dec_proj"):
-            encoder_hidden_states = self.enc_to_dec_proj(encoder_hidden_states)  # [B, S, D]
-        encoder_attention_mask = self._encoder_attention_mask(attention_mask, encoder_hidden_states)
+        decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        encoder_hidden_states, encoder_attention_mask = self._decoder_side_states(
+            encoder_outputs[0], attention_mask, reuse=decoding
+        )
 
         if labels is not None:
             self._check_ids("labels", labels)
@@ -504,6 +504,40 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             encoder_attentions=getattr(encoder_outputs, "attentions", None),
         )
         return output if return_dict else output.to_tuple()
+
+    def adapt_encoder_states(
+        self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        The hook between encoder and decoder: subclasses change the architecture here (see docs/custom-models.md).
+
+        Args:
+            encoder_hidden_states (`torch.Tensor` of shape `[B, S, E]`): the encoder's token states.
+            encoder_attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): 1 for real states, 0 for padding.
+
+        Returns:
+            The states and mask the decoder side reads (default: `enc_to_dec_proj` when the widths differ).
+        """
+        if hasattr(self, "enc_to_dec_proj"):
+            encoder_hidden_states = self.enc_to_dec_proj(encoder_hidden_states)  # [B, S, D]
+        return encoder_hidden_states, encoder_attention_mask
+
+    def _decoder_side_states(self, encoder_output: torch.Tensor, attention_mask: torch.Tensor | None, reuse: bool):
+        """Token states and mask for the decoder side, computed once per `generate` call.
+
+        `generate` passes the same encoder output at every step. The first step (empty cache) computes the adapted
+        states and, without grad, keeps them; later steps of that decode (`reuse`) take them back, so projections (and
+        the injected blocks' keys/values, cached per states tensor) are not recomputed per token.
+        """
+        kept = self.__dict__.get("_kept_states")
+        if reuse and kept is not None and kept[0] is encoder_output and kept[1] is attention_mask:
+            return kept[2], kept[3]
+        states = as_token_states(encoder_output)  # [B, S, E]
+        states, mask = self.adapt_encoder_states(states, self._encoder_attention_mask(attention_mask, states))
+        self.__dict__["_kept_states"] = (
+            None if torch.is_grad_enabled() else (encoder_output, attention_mask, states, mask)
+        )
+        return states, mask
 
     def _decode_native(self, encoder_hidden_states, encoder_attention_mask, **decoder_kwargs):
         return self.decoder(

@@ -1,0 +1,305 @@
+"""`splice train`: encoder + decoder + conditioning + freeze policy + data → `Seq2SeqTrainer`, then evaluation.
+
+Runs unchanged on one process, under `torchrun --nproc_per_node N` and under `accelerate launch` (CPU: gloo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    ViTImageProcessor,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration import uses_native_cross_attention
+from .data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs
+from .modeling import EncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
+from .processing import SpliceProcessor
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("caption", "ocr", "text")
+
+
+@dataclass
+class TrainConfig:
+    r"""
+    Everything `splice train` needs; every field is also a command-line flag and a YAML key.
+
+    Args:
+        encoder: a checkpoint (hub id or directory), or a config dict with `model_type` to start from random weights.
+        decoder: same, for the decoder.
+        conditioning: `"auto"`, `"native"`, `"injected"` or `"prefix"`.
+        model_kwargs: more composite config fields (e.g. `cross_attention_reduce_factor`, `prefix_length`).
+        freeze: `"none"`, `"encoder"` or `"encoder+decoder"` (only the conditioning layers train).
+        lora_rank: LoRA rank on the decoder (0: no LoRA).
+        data: `builtin:shapes`, `builtin:ocr`, an image folder, a COCO/Karpathy JSON, or a text-pair JSONL.
+        eval_data: same; for built-in data, held-out scenes are generated with another seed when omitted.
+        task: `"caption"`, `"ocr"` or `"text"`; inferred from the data when omitted.
+        n_train, n_eval: sizes of generated built-in data.
+        image_size: image side for built-in data and for a from-scratch encoder's processor.
+        tokenizer: a tokenizer directory or hub id; when omitted, the decoder's own, else one trained on the data.
+        max_new_tokens: generation length; derived from the longest training target when omitted.
+        feature_cache: cache the frozen encoder's outputs on disk (only when the encoder is frozen).
+        resume: continue from the last checkpoint in `output_dir`.
+    """
+
+    encoder: str | dict = "google/vit-base-patch16-224-in21k"
+    decoder: str | dict = "openai-community/gpt2"
+    conditioning: str = "auto"
+    model_kwargs: dict = field(default_factory=dict)
+    freeze: str = "none"
+    lora_rank: int = 0
+    data: str = "builtin:shapes"
+    eval_data: str | None = None
+    task: str | None = None
+    n_train: int = 2000
+    n_eval: int = 200
+    image_size: int = 64
+    tokenizer: str | None = None
+    output_dir: str = "splice-run"
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_new_tokens: int | None = None
+    num_beams: int = 1
+    feature_cache: bool = True
+    resume: bool = False
+    seed: int = 0
+    logging_steps: int = 25
+    save_total_limit: int = 2
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML file of fields; `overrides` (e.g. from command-line flags) win."""
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; see `splice train --help`.")
+        return cls(**(values | overrides))
+
+
+def load_records(source: str, task: str, n: int, seed: int, image_size: int) -> list[dict]:
+    r"""
+    Records (`{"image"|"source", "text", "references"}`) from a data source string.
+
+    Args:
+        source: `builtin:shapes`, `builtin:ocr`, an image folder, a `.json` caption file or a `.jsonl` pair file.
+        task: the task (decides the built-in generator's options).
+        n, seed, image_size: for built-in data.
+    """
+    if source.startswith("builtin:"):
+        from .builtin_data import make_dataset
+
+        examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=image_size)
+        return [{"image": e.image, "text": e.caption, "references": e.references} for e in examples]
+    path = Path(source)
+    if path.is_dir():
+        return load_imagefolder(path)
+    if path.suffix == ".jsonl":
+        return load_text_pairs(path)
+    if path.suffix == ".json":
+        return load_coco_json(path)
+    raise ValueError(
+        f"data={source!r} is not a data source: use builtin:shapes, builtin:ocr, an image folder with metadata.jsonl "
+        "or metadata.csv, a COCO/Karpathy .json file, or a .jsonl file of source/target pairs."
+    )
+
+
+def infer_task(config: TrainConfig) -> str:
+    if config.task is not None:
+        if config.task not in TASKS:
+            raise ValueError(f"task={config.task!r} is not one of {TASKS}.")
+        return config.task
+    if config.data == "builtin:ocr":
+        return "ocr"
+    return "text" if config.data.endswith(".jsonl") else "caption"
+
+
+def build_tokenizer(config: TrainConfig, records: list[dict], task: str):
+    """The tokenizer given, else the decoder checkpoint's, else one trained on the training targets."""
+    if config.tokenizer is not None:
+        return AutoTokenizer.from_pretrained(config.tokenizer)
+    if isinstance(config.decoder, str):
+        return AutoTokenizer.from_pretrained(config.decoder)
+    from .builtin_data import train_tokenizer
+
+    return train_tokenizer([r["text"] for r in records], kind="char" if task == "ocr" else "word")
+
+
+def _part(spec: str | dict, auto_class: Any, **config_overrides: Any):
+    """A model from a checkpoint, or from random weights when `spec` is a config dict with `model_type`."""
+    if isinstance(spec, dict):
+        values = dict(spec)
+        model_config = AutoConfig.for_model(values.pop("model_type"), **(values | config_overrides))
+        return auto_class.from_config(model_config)
+    return auto_class.from_pretrained(spec, **config_overrides)
+
+
+def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
+    """The composite model, its vocabulary sized to the tokenizer and its special tokens taken from it."""
+    model_class = EncoderDecoderModel if task == "text" else VisionEncoderDecoderModel
+    decoder_overrides: dict[str, Any] = {}
+    if isinstance(config.decoder, dict):
+        decoder_overrides["vocab_size"] = len(tokenizer)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            decoder_overrides[name] = getattr(tokenizer, name)
+        decoder_config = AutoConfig.for_model(config.decoder["model_type"])
+    else:
+        decoder_config = AutoConfig.from_pretrained(config.decoder)
+    if uses_native_cross_attention(config.conditioning, decoder_config):
+        decoder_overrides |= {"is_decoder": True, "add_cross_attention": True}
+    encoder = _part(config.encoder, AutoModel)
+    decoder = _part(config.decoder, AutoModelForCausalLM, **decoder_overrides)
+    model = model_class.from_encoder_decoder_pretrained(
+        encoder_model=encoder, decoder_model=decoder, conditioning=config.conditioning, **config.model_kwargs
+    )
+    if len(tokenizer) > model.config.decoder.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    model.configure_special_tokens(tokenizer)
+    return model
+
+
+def build_image_processor(config: TrainConfig, model: SpliceModel):
+    if isinstance(config.encoder, str):
+        return AutoImageProcessor.from_pretrained(config.encoder)
+    size = getattr(model.config.encoder, "image_size", config.image_size)
+    return ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def derive_max_new_tokens(collator: SpliceCollator, records: list[dict]) -> int:
+    """The longest training target in tokens (EOS included): generation never needs more, and is never cut at 20."""
+    return max(len(collator._target_ids(r["text"])) for r in records)
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    r"""
+    Train and evaluate; save the model and its processor to `config.output_dir`.
+
+    Returns:
+        The held-out metrics (all references per item).
+    """
+    from .freezing import apply_freeze_policy, apply_lora
+    from .metrics import build_compute_metrics
+
+    torch.manual_seed(config.seed)
+    task = infer_task(config)
+    records = load_records(config.data, task, config.n_train, config.seed, config.image_size)
+    eval_source = config.eval_data or config.data
+    eval_records = load_records(eval_source, task, config.n_eval, config.seed + 1, config.image_size)
+    tokenizer = build_tokenizer(config, records, task)
+    model = build_model(config, tokenizer, task)
+    counts = apply_freeze_policy(model, config.freeze)
+    if config.lora_rank:
+        model = apply_lora(model, r=config.lora_rank)
+
+    image_processor = build_image_processor(config, model) if task != "text" else None
+    collator = SpliceCollator.for_model(model, tokenizer, image_processor)
+    model.generation_config.max_new_tokens = config.max_new_tokens or derive_max_new_tokens(collator, records)
+    model.generation_config.num_beams = config.num_beams
+
+    train_dataset, eval_dataset = records, eval_records
+    if config.feature_cache and config.freeze != "none" and task != "text":
+        from .feature_cache import FeatureCache, cached_collator
+
+        cache = FeatureCache(Path(config.output_dir) / "feature-cache", model.encoder, batch_size=config.batch_size)
+        collator = cached_collator(cache, collator, records + eval_records)
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type="cosine",
+        logging_steps=config.logging_steps,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=config.save_total_limit,
+        predict_with_generate=True,
+        report_to=_reporters(),
+        remove_unused_columns=False,  # records are not a `datasets.Dataset`; the collator builds the inputs
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() else "gloo",
+        dataloader_num_workers=0,
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        compute_metrics=build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption"),
+    )
+    resume = get_last_checkpoint(config.output_dir) if config.resume else None
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = evaluate(model, eval_records, tokenizer, image_processor, task, config.batch_size)
+    if trainer.is_world_process_zero():
+        model.save_pretrained(config.output_dir)
+        processor = SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer
+        processor.save_pretrained(config.output_dir)
+        with open(Path(config.output_dir) / "eval_metrics.json", "w", encoding="utf-8") as f:
+            json.dump(metrics | {"trainable_parameters": counts["trainable"]}, f, indent=2)
+    return metrics
+
+
+def _reporters() -> list[str]:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return []
+    return ["tensorboard"]
+
+
+@torch.no_grad()
+def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_processor, batch_size: int) -> list[str]:
+    """Generate for each record in batches (images or source texts)."""
+    from tqdm.auto import tqdm
+
+    from .data import open_image
+    from .processing import decode_ids
+
+    model.eval()
+    texts: list[str] = []
+    for start in tqdm(range(0, len(records), batch_size), desc="generating", leave=False):
+        chunk = records[start : start + batch_size]
+        if image_processor is not None:
+            pixels = image_processor([open_image(r["image"]) for r in chunk], return_tensors="pt")["pixel_values"]
+            ids = model.generate(pixels.to(model.device))
+        else:
+            inputs = tokenizer([r["source"] for r in chunk], padding=True, return_tensors="pt").to(model.device)
+            ids = model.generate(**inputs)
+        texts.extend(decode_ids(tokenizer, ids))
+    return texts
+
+
+def evaluate(model: SpliceModel, records, tokenizer, image_processor, task: str, batch_size: int = 32) -> dict:
+    """Metrics of the model's generations against every reference of each record."""
+    from .metrics import caption_metrics, ocr_metrics
+
+    predictions = generate_texts(model, records, tokenizer, image_processor, batch_size)
+    if task == "ocr":
+        return ocr_metrics(predictions, [r["text"] for r in records])
+    return caption_metrics(predictions, [r.get("references") or [r["text"]] for r in records])
+
