@@ -23,6 +23,8 @@ def encoder_tower(encoder: PreTrainedModel) -> PreTrainedModel:
 
 def encoder_hidden_size(config: PreTrainedConfig) -> int:
     """Width E of the encoder's output states (`hidden_sizes[-1]` for convolutional stages, e.g. ConvNeXt, ResNet)."""
+    if getattr(config, "add_adapter", False) and isinstance(getattr(config, "output_hidden_size", None), int):
+        return config.output_hidden_size  # Wav2Vec2 with an adapter projects its output to this width
     if getattr(config, "hidden_sizes", None):
         return config.hidden_sizes[-1]
     for name in ("hidden_size", "d_model", "dim"):
