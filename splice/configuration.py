@@ -134,9 +134,17 @@ class SpliceConfig(PreTrainedConfig):
             return pending[key]
         raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
 
-    def pop_generation_overrides(self) -> dict[str, Any]:
-        """Return and forget the generation settings assigned on this config (the model mirrors them)."""
-        return self.__dict__.pop("_generation_overrides", {})
+    def new_generation_overrides(self) -> dict[str, Any]:
+        """The generation settings assigned on this config since the last call (the model mirrors them).
+
+        They stay readable on the config; only changes are reported, so a later edit of `generation_config` itself is
+        not overwritten by an old config value.
+        """
+        pending = self.__dict__.get("_generation_overrides", {})
+        applied = self.__dict__.setdefault("_generation_applied", {})
+        changed = {k: v for k, v in pending.items() if k not in applied or applied[k] != v}
+        applied.update(changed)
+        return changed
 
     def _get_generation_parameters(self) -> dict[str, Any]:
         # The generation settings set here are mirrored by the model, so transformers must not refuse them.
@@ -145,6 +153,7 @@ class SpliceConfig(PreTrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output.pop("_generation_overrides", None)
+        output.pop("_generation_applied", None)
         return output
 
     @property

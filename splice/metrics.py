@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from pycocoevalcap.meteor.meteor import Meteor
     from transformers import EvalPrediction
 
+from .processing import decode_predictions
+
 logger = logging.get_logger(__name__)
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
@@ -109,26 +111,6 @@ def ocr_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[s
         "wer": float(jiwer.wer(reference=list(references), hypothesis=list(predictions))),
         "exact_match": sum(p == r for p, r in zip(predictions, references)) / len(references),
     }
-
-
-def decode_predictions(tokenizer: Any, ids: Any) -> list[str]:
-    r"""
-    Decode token ids that may hold -100 (label padding, or `Seq2SeqTrainer`'s padding of generations across batches).
-
-    Args:
-        tokenizer: a `transformers` tokenizer.
-        ids (`np.ndarray`, `torch.Tensor` or nested lists): `[batch, length]` token ids; rows may differ in length.
-
-    Returns:
-        `list[str]`: the decoded texts without special tokens, stripped.
-    """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if hasattr(ids, "detach"):
-        ids = ids.detach().cpu().numpy()
-    # Fast tokenizers take unsigned ids: a negative one raises OverflowError, so every negative id becomes padding,
-    # which `skip_special_tokens` then drops.
-    rows = [np.where(np.asarray(row) < 0, pad, np.asarray(row)).tolist() for row in ids]
-    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def _token_ids(predictions: Any, label_ids: Any) -> Any:

@@ -28,7 +28,7 @@ from .configuration import (
 from .encoders import as_token_states, encoder_hidden_size, encoder_tower
 from .injection import GatedCrossAttention, inject_cross_attention
 from .prefix import PrefixProjector
-from .processing import SpliceProcessor, decode_ids
+from .processing import SpliceProcessor, decode_predictions
 from .special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
 
 logger = logging.get_logger(__name__)
@@ -241,7 +241,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         gen = self.generation_config
         if gen is None:
             return
-        for key, value in self.config.pop_generation_overrides().items():
+        for key, value in self.config.new_generation_overrides().items():
             setattr(gen, key, value)
         for field, synced in self._synced_tokens.items():
             on_config, on_gen = getattr(self.config, field), getattr(gen, field, None)
@@ -492,7 +492,9 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
 
-        output = Seq2SeqLMOutput(
+        if not return_dict:  # the seed classes' tuple: loss, then the decoder's outputs, then the encoder's
+            return ((loss,) if loss is not None else ()) + decoder_outputs.to_tuple() + encoder_outputs.to_tuple()
+        return Seq2SeqLMOutput(
             loss=loss,
             logits=decoder_outputs.logits,
             past_key_values=decoder_outputs.past_key_values,
@@ -503,7 +505,6 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
             encoder_attentions=getattr(encoder_outputs, "attentions", None),
         )
-        return output if return_dict else output.to_tuple()
 
     def adapt_encoder_states(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
@@ -654,7 +655,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         """
         processor = processor or self.processor
         pixel_values = processor(images=images)["pixel_values"].to(self.device, self.dtype)
-        return decode_ids(processor.tokenizer, self.generate(pixel_values, **generate_kwargs))
+        return decode_predictions(processor.tokenizer, self.generate(pixel_values, **generate_kwargs))
 
     @torch.no_grad()
     def transform(self, texts: str | list[str], tokenizer=None, **generate_kwargs) -> list[str]:
@@ -668,7 +669,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         """
         tokenizer = tokenizer or self.processor
         inputs = tokenizer([texts] if isinstance(texts, str) else texts, padding=True, return_tensors="pt")
-        return decode_ids(tokenizer, self.generate(**inputs.to(self.device), **generate_kwargs))
+        return decode_predictions(tokenizer, self.generate(**inputs.to(self.device), **generate_kwargs))
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs for `labels` (used by `DataCollatorForSeq2Seq`)."""

@@ -8,12 +8,25 @@ import numpy as np
 from transformers import BatchFeature, ProcessorMixin
 
 
-def decode_ids(tokenizer: Any, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
-    """Decode ids to strings; -100 (ignored label positions, e.g. from `Seq2SeqTrainer`) decodes as padding."""
-    ids = np.asarray(sequences.cpu() if hasattr(sequences, "cpu") else sequences)
+def decode_predictions(tokenizer: Any, ids: Any) -> list[str]:
+    r"""
+    Decode token ids that may hold -100 (label padding, or `Seq2SeqTrainer`'s padding of generations across batches).
+
+    Args:
+        tokenizer: a `transformers` tokenizer.
+        ids (`np.ndarray`, `torch.Tensor` or nested lists): `[batch, length]` token ids; rows may differ in length.
+
+    Returns:
+        `list[str]`: the decoded texts without special tokens, stripped.
+    """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = np.where(ids < 0, pad, ids)
-    return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens, **kwargs)
+    if hasattr(ids, "detach"):
+        ids = ids.detach().cpu().numpy()
+    # Fast tokenizers take unsigned ids: a negative one raises OverflowError, so every negative id becomes padding,
+    # which `skip_special_tokens` then drops.
+    rows = [np.where(np.asarray(row) < 0, pad, np.asarray(row)).tolist() for row in ids]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
 
 
 class SpliceProcessor(ProcessorMixin):
@@ -48,7 +61,7 @@ class SpliceProcessor(ProcessorMixin):
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
         """Decode ids to strings; -100 decodes as padding (see `decode_ids`)."""
-        return decode_ids(self.tokenizer, sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        return decode_predictions(self.tokenizer, sequences)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True, **kwargs: Any) -> str:
         return self.batch_decode([ids], skip_special_tokens=skip_special_tokens, **kwargs)[0]

@@ -278,7 +278,7 @@ def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_pro
     from tqdm.auto import tqdm
 
     from .data import open_image
-    from .processing import decode_ids
+    from .processing import decode_predictions
 
     model.eval()
     texts: list[str] = []
@@ -290,7 +290,7 @@ def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_pro
         else:
             inputs = tokenizer([r["source"] for r in chunk], padding=True, return_tensors="pt").to(model.device)
             ids = model.generate(**inputs)
-        texts.extend(decode_ids(tokenizer, ids))
+        texts.extend(decode_predictions(tokenizer, ids))
     return texts
 
 

@@ -293,3 +293,14 @@ def test_processor_saves_with_the_model_and_captions(tmp_path):
     captions = reloaded.caption(images, max_new_tokens=3)
     expected = loaded.batch_decode(reloaded.generate(loaded(images=images)["pixel_values"], max_new_tokens=3))
     assert captions == expected and len(captions) == 2
+
+
+def test_generation_settings_stay_readable_and_later_edits_win():
+    model = vision_model()
+    model.config.max_length = 6
+    model.generate(PIXELS)
+    assert model.config.max_length == 6 and model.generation_config.max_length == 6
+    model.generation_config.max_length = 4  # a later edit of the generation config is not overwritten
+    assert model.generate(PIXELS).shape[1] == 4
+    model.config.max_length = 5  # ...and a later edit of the config is mirrored again
+    assert model.generate(PIXELS).shape[1] <= 5 and model.generation_config.max_length == 5

@@ -1,0 +1,283 @@
+"""Tiny random configs, weight re-drawing and inputs shared by the parity and seed-doc tests.
+
+A plain module (not a conftest): test files put `tests/` on `sys.path` and `from tiny import ...`.
+Everything here is offline: configs are built in code, never fetched from the hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from torch import nn  # noqa: E402
+
+HIDDEN = 32
+LAYERS = 2
+HEADS = 4
+INTERMEDIATE = 37
+VOCAB = 99
+MAX_POSITIONS = 64
+PAD, BOS, EOS = 0, 1, 2
+# Composite special tokens used by every pair (inside the vocabulary of every decoder).
+DECODER_START = BOS
+
+_TEXT = {
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": INTERMEDIATE,
+    "max_position_embeddings": MAX_POSITIONS,
+}
+_VIT = {
+    "image_size": 30,
+    "patch_size": 10,
+    "num_channels": 3,
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": INTERMEDIATE,
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# encoders
+
+
+def vit_config() -> transformers.ViTConfig:
+    return transformers.ViTConfig(**_VIT)
+
+
+def deit_config() -> transformers.DeiTConfig:
+    return transformers.DeiTConfig(**_VIT)
+
+
+def beit_config() -> transformers.BeitConfig:
+    # Relative position bias on, so the BEiT-specific attention path is exercised.
+    return transformers.BeitConfig(**_VIT, use_relative_position_bias=True)
+
+
+def swin_config() -> transformers.SwinConfig:
+    # embed_dim 12 -> output width 24 (embed_dim * 2 ** (stages - 1)), unlike the decoders' 32: the composite needs
+    # `enc_to_dec_proj`, so that path is covered too.
+    return transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=12, depths=[1, 1], num_heads=[2, 2], window_size=2, mlp_ratio=2.0
+    )
+
+
+def donut_swin_config() -> transformers.DonutSwinConfig:
+    # embed_dim 16 -> output width 32.
+    return transformers.DonutSwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2, mlp_ratio=2.0
+    )
+
+
+def bert_encoder_config() -> transformers.BertConfig:
+    return transformers.BertConfig(**_TEXT, pad_token_id=PAD)
+
+
+def roberta_encoder_config() -> transformers.RobertaConfig:
+    # Width 24, unlike the decoders' 32: the text composite needs `enc_to_dec_proj` as well.
+    cfg = dict(_TEXT, hidden_size=24, intermediate_size=29, num_attention_heads=4)
+    return transformers.RobertaConfig(**cfg, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+
+
+VISION_ENCODERS = {
+    "vit": vit_config,
+    "deit": deit_config,
+    "beit": beit_config,
+    "swin": swin_config,
+    "donut-swin": donut_swin_config,
+}
+TEXT_ENCODERS = {"bert": bert_encoder_config, "roberta": roberta_encoder_config}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# decoders (plain configs: `from_encoder_decoder_configs` turns on is_decoder / add_cross_attention)
+
+
+def gpt2_config() -> transformers.GPT2Config:
+    # GPT-2 defaults to bos = eos = 50256: outside a 99-token vocabulary, so override.
+    return transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_inner=INTERMEDIATE,
+        n_positions=MAX_POSITIONS,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+
+
+def bert_decoder_config() -> transformers.BertConfig:
+    # BERT has no bos/eos of its own: left unset, so generation runs to the length limit (no-eos path).
+    return transformers.BertConfig(**_TEXT, pad_token_id=PAD)
+
+
+def roberta_decoder_config() -> transformers.RobertaConfig:
+    return transformers.RobertaConfig(**_TEXT, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+
+
+def electra_decoder_config() -> transformers.ElectraConfig:
+    # ELECTRA, like BERT, has no bos/eos of its own.
+    return transformers.ElectraConfig(**_TEXT, embedding_size=HIDDEN, pad_token_id=PAD)
+
+
+def trocr_config() -> transformers.TrOCRConfig:
+    return transformers.TrOCRConfig(
+        vocab_size=VOCAB,
+        d_model=HIDDEN,
+        decoder_layers=LAYERS,
+        decoder_attention_heads=HEADS,
+        decoder_ffn_dim=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=EOS,
+    )
+
+
+def bart_decoder_config() -> transformers.BartConfig:
+    # Used through AutoModelForCausalLM, which maps "bart" to BartForCausalLM.
+    return transformers.BartConfig(
+        vocab_size=VOCAB,
+        d_model=HIDDEN,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=INTERMEDIATE,
+        decoder_ffn_dim=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=EOS,
+    )
+
+
+DECODERS = {
+    "gpt2": gpt2_config,
+    "bert": bert_decoder_config,
+    "roberta": roberta_decoder_config,
+    "trocr": trocr_config,
+    "bart": bart_decoder_config,
+    "electra": electra_decoder_config,
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# weights and inputs
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int = 0, std: float = 0.4) -> nn.Module:
+    """Re-draw every floating parameter so that outputs are far from the (near-degenerate) default init.
+
+    Matrices and embeddings get N(0, std); vectors (biases, LayerNorm shifts, scalars) N(0, std / 4); norm weights
+    (LayerNorm / RMSNorm scales) 1 + N(0, 0.1). The default init (std 0.02) makes greedy decoding repeat one id,
+    which would make parity on generation trivially true.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norm_weights = set()
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm | nn.GroupNorm) or "norm" in type(module).__name__.lower():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter):
+                norm_weights.add(id(weight))
+    seen = set()
+    for _, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen or not param.is_floating_point():
+            continue
+        seen.add(id(param))
+        noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+        if id(param) in norm_weights:
+            value = 1.0 + 0.1 * noise
+        elif param.dim() >= 2:
+            value = std * noise
+        else:
+            value = (std / 4) * noise
+        param.copy_(value.to(param.dtype))
+    return model
+
+
+def image_size(encoder_config) -> int:
+    size = encoder_config.image_size
+    return size if isinstance(size, int) else size[0]
+
+
+def pixel_values(encoder_config, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Random `[B, C, H, W]` images for the encoder's image size."""
+    gen = torch.Generator().manual_seed(seed)
+    size = image_size(encoder_config)
+    return torch.randn(batch, encoder_config.num_channels, size, size, generator=gen)
+
+
+def text_inputs(batch: int = 2, length: int = 9, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`input_ids` + `attention_mask` with right padding (row i has `length - 3 * i` real tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch, length), generator=gen)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(1, batch):
+        real = max(2, length - 3 * row)
+        attention_mask[row, real:] = 0
+        input_ids[row, real:] = PAD
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def labels(batch: int = 2, length: int = 7, seed: int = 1, pad_with_ignore: bool = False) -> torch.Tensor:
+    """Random target ids in `[3, VOCAB)`; with `pad_with_ignore`, the tail of rows after the first is -100."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.randint(3, VOCAB, (batch, length), generator=gen)
+    if pad_with_ignore:
+        for row in range(1, batch):
+            out[row, max(1, length - 2 * row) :] = -100
+    return out
+
+
+def write_bert_vocab(directory: str, words: list[str] | None = None) -> str:
+    """Write a WordPiece `vocab.txt` (special tokens first) and return its path."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = words or [
+        "a", "an", "the", "image", "of", "two", "cats", "cat", "chilling", "on", "couch", "hello", "world", "this",
+        "is", "really", "long", "text", "corresponding", "summary", "tower", "tall", "paris", "dog", "cute", "##s",
+        "##ing", "blanket", "bed", "laying", "next", "to", ".", ",",
+    ]  # fmt: skip
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(specials + words) + "\n")
+    return path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable-character table (byte-level BPE alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<|endoftext|>", "<mask>")
+
+
+def byte_bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A tiny byte-level BPE vocabulary (specials, the 256 byte symbols, a few merges) for GPT-2 / RoBERTa tokenizers.
+
+    Ids: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, `<|endoftext|>` 4, `<mask>` 5; 266 tokens in all.
+    """
+    vocab = {token: i for i, token in enumerate(BPE_SPECIALS)}
+    for char in _bytes_to_unicode().values():
+        vocab[char] = len(vocab)
+    merges = [("h", "e"), ("l", "l"), ("Ġ", "w"), ("o", "r"), ("Ġ", "c"), ("a", "t")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    return vocab, merges
