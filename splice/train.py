@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,13 +217,6 @@ def train(config: TrainConfig) -> dict[str, float]:
     model.generation_config.max_new_tokens = config.max_new_tokens or derive_max_new_tokens(collator, records)
     model.generation_config.num_beams = config.num_beams
 
-    train_dataset, eval_dataset = records, eval_records
-    if config.feature_cache and config.freeze != "none" and task != "text":
-        from .feature_cache import FeatureCache, cached_collator
-
-        cache = FeatureCache(Path(config.output_dir) / "feature-cache", model.encoder, batch_size=config.batch_size)
-        collator = cached_collator(cache, collator, records + eval_records)
-
     args = Seq2SeqTrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
@@ -230,7 +224,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         num_train_epochs=config.epochs,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
         lr_scheduler_type="cosine",
         logging_steps=config.logging_steps,
         eval_strategy="epoch",
@@ -241,14 +235,17 @@ def train(config: TrainConfig) -> dict[str, float]:
         remove_unused_columns=False,  # records are not a `datasets.Dataset`; the collator builds the inputs
         seed=config.seed,
         use_cpu=not torch.cuda.is_available(),
-        ddp_backend=None if torch.cuda.is_available() else "gloo",
+        # Launched by torchrun/accelerate on CPU: gloo is the backend that runs there.
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         dataloader_num_workers=0,
     )
+    if config.feature_cache and config.freeze != "none" and task != "text":
+        collator = cache_encoder_features(model, collator, records + eval_records, config, args)
     trainer = Seq2SeqTrainer(
         model=model,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=records,
+        eval_dataset=eval_records,
         data_collator=collator,
         compute_metrics=build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption"),
     )
@@ -262,6 +259,45 @@ def train(config: TrainConfig) -> dict[str, float]:
         with open(Path(config.output_dir) / "eval_metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics | {"trainable_parameters": counts["trainable"]}, f, indent=2)
     return metrics
+
+
+class CachedFeaturesCollator:
+    r"""
+    Targets from the records, encoder outputs from the feature cache: the frozen encoder does not run in training.
+
+    Args:
+        cache (`FeatureCache`): built on every record's image.
+        collator (`SpliceCollator`): makes the targets.
+    """
+
+    def __init__(self, cache: Any, collator: SpliceCollator):
+        self.cache, self.collator = cache, collator
+
+    def __call__(self, records: list[dict]) -> dict[str, Any]:
+        from .feature_cache import cached_batch
+
+        batch = self.collator.targets(records) | {"images": [r["image"] for r in records]}
+        return cached_batch(self.cache, batch, items_key="images")
+
+
+def cache_encoder_features(model, collator: SpliceCollator, records: list[dict], config: TrainConfig, args):
+    """Encode every image once with the frozen encoder (main process first), and collate from the cache."""
+    from .data import open_image
+    from .feature_cache import FeatureCache
+
+    processor = collator.image_processor
+    cache = FeatureCache(
+        Path(config.output_dir) / "feature-cache",
+        model.encoder,
+        batch_size=config.batch_size,
+        preprocessing=processor.to_json_string(),
+    )
+    with args.main_process_first(desc="encoder feature cache"):
+        cache.build(
+            [r["image"] for r in records],
+            lambda images: processor([open_image(i) for i in images], return_tensors="pt"),
+        )
+    return CachedFeaturesCollator(cache, collator)
 
 
 def _reporters() -> list[str]:
