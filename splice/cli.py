@@ -95,8 +95,7 @@ def eval_command(args: argparse.Namespace) -> None:
     else:
         processor = SpliceProcessor.from_pretrained(args.model)
         tokenizer, image_processor = processor.tokenizer, processor.image_processor
-    size = getattr(model.config.encoder, "image_size", 64)
-    records = load_records(args.data, task, args.n, args.seed, size)
+    records = load_records(args.data, task, args.n, args.seed, None)
     metrics = evaluate(model, records, tokenizer, image_processor, task, args.batch_size)
     print(json.dumps(metrics, indent=2))
 

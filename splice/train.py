@@ -53,7 +53,7 @@ class TrainConfig:
         eval_data: same; for built-in data, held-out scenes are generated with another seed when omitted.
         task: `"caption"`, `"ocr"` or `"text"`; inferred from the data when omitted.
         n_train, n_eval: sizes of generated built-in data.
-        image_size: image side for built-in data and for a from-scratch encoder's processor.
+        image_size: built-in data's image size (`int` or `[width, height]`; each task has a default).
         tokenizer: a tokenizer directory or hub id; when omitted, the decoder's own, else one trained on the data.
         max_new_tokens: generation length; derived from the longest training target when omitted.
         feature_cache: cache the frozen encoder's outputs on disk (only when the encoder is frozen).
@@ -71,7 +71,7 @@ class TrainConfig:
     task: str | None = None
     n_train: int = 2000
     n_eval: int = 200
-    image_size: int = 64
+    image_size: int | list[int] | None = None
     tokenizer: str | None = None
     output_dir: str = "splice-run"
     epochs: float = 3.0
@@ -98,7 +98,7 @@ class TrainConfig:
         return cls(**(values | overrides))
 
 
-def load_records(source: str, task: str, n: int, seed: int, image_size: int) -> list[dict]:
+def load_records(source: str, task: str, n: int, seed: int, image_size: int | list[int] | None) -> list[dict]:
     r"""
     Records (`{"image"|"source", "text", "references"}`) from a data source string.
 
@@ -110,7 +110,8 @@ def load_records(source: str, task: str, n: int, seed: int, image_size: int) -> 
     if source.startswith("builtin:"):
         from .builtin_data import make_dataset
 
-        examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=image_size)
+        size = tuple(image_size) if isinstance(image_size, list) else image_size
+        examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=size)
         return [{"image": e.image, "text": e.caption, "references": e.references} for e in examples]
     path = Path(source)
     if path.is_dir():
@@ -182,8 +183,9 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
 def build_image_processor(config: TrainConfig, model: SpliceModel):
     if isinstance(config.encoder, str):
         return AutoImageProcessor.from_pretrained(config.encoder)
-    size = getattr(model.config.encoder, "image_size", config.image_size)
-    return ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    size = getattr(model.config.encoder, "image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    return ViTImageProcessor(size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def derive_max_new_tokens(collator: SpliceCollator, records: list[dict]) -> int:

@@ -1,0 +1,124 @@
+"""`splice train` / `caption` / `eval`: a few steps on a handful of generated samples, in-process and distributed."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from PIL import Image
+
+import splice
+from splice.cli import main
+
+ENCODER = {
+    "model_type": "vit",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "image_size": 32,
+    "patch_size": 8,
+}
+DECODER = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 64}
+SMALL = ["--n-train", "16", "--n-eval", "4", "--batch-size", "8", "--image-size", "32", "--logging-steps", "1"]
+
+
+def run_train(tmp_path, *extra):
+    flags = ["train", "--encoder", json.dumps(ENCODER), "--decoder", json.dumps(DECODER), *SMALL]
+    main(flags + ["--output-dir", str(tmp_path), *extra])
+    return json.loads((tmp_path / "eval_metrics.json").read_text())
+
+
+def test_train_flags_save_model_processor_metrics_and_logs(tmp_path, capsys):
+    metrics = run_train(tmp_path, "--epochs", "1")
+    assert {"bleu4", "rouge_l", "cider"} <= metrics.keys()
+    assert '"cider"' in capsys.readouterr().out  # the metrics are printed
+    model = splice.VisionEncoderDecoderModel.from_pretrained(tmp_path)
+    assert isinstance(model.processor, splice.SpliceProcessor)
+    # max_new_tokens comes from the longest training target, not transformers' max_length=20.
+    tokenizer = model.processor.tokenizer
+    from splice.train import load_records
+
+    longest = max(len(tokenizer(r["text"]).input_ids) for r in load_records("builtin:shapes", "caption", 16, 0, 32))
+    assert model.generation_config.max_new_tokens == longest
+    assert list((tmp_path / "runs").iterdir())  # TensorBoard event files
+    assert (tmp_path / "checkpoint-2").is_dir()
+
+
+def test_yaml_config_and_resume(tmp_path):
+    config = {"encoder": ENCODER, "decoder": DECODER, "data": "builtin:shapes", "n_train": 16, "n_eval": 4}
+    config |= {"batch_size": 8, "image_size": 32, "epochs": 1, "output_dir": str(tmp_path)}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["train", "--config", str(path)])
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    main(["train", "--config", str(path), "--epochs", "2", "--resume"])  # flags override the file
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["log_history"][0]["step"] <= 2  # history carried over
+    path.write_text(yaml.safe_dump(config | {"learning_rte": 1.0}))
+    with pytest.raises(ValueError, match="unknown keys \\['learning_rte'\\]"):
+        main(["train", "--config", str(path)])
+
+
+def test_frozen_training_uses_the_feature_cache(tmp_path):
+    metrics = run_train(tmp_path, "--epochs", "1", "--freeze", "encoder+decoder")
+    cache = list((tmp_path / "feature-cache").iterdir())
+    assert len(cache) == 1 and (cache[0] / "features.npy").exists()
+    model = splice.VisionEncoderDecoderModel.from_pretrained(tmp_path)
+    cross = sum(p.numel() for n, p in model.named_parameters() if "crossattention" in n or "ln_cross_attn" in n)
+    assert metrics["trainable_parameters"] == cross
+
+
+def test_caption_and_eval_commands(tmp_path, capsys):
+    run_train(tmp_path / "model", "--epochs", "1")
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(images / "a.png")
+    Image.new("RGB", (40, 40), "blue").save(images / "sub" / "b.jpg")
+    (images / "broken.png").write_bytes(b"no image")
+    capsys.readouterr()
+    out = tmp_path / "captions.jsonl"
+    main(["caption", str(tmp_path / "model"), str(images), "--format", "jsonl", "--output", str(out)])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [os.path.basename(line["file"]) for line in lines] == ["a.png", "b.jpg"]
+    assert all(isinstance(line["caption"], str) for line in lines)
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    main(["caption", str(tmp_path / "model"), str(images / "*.png")])
+    assert capsys.readouterr().out.startswith(str(images / "a.png") + "\t")
+    main(["eval", str(tmp_path / "model"), "builtin:shapes", "--n", "4"])
+    printed = json.loads(capsys.readouterr().out)
+    assert {"bleu4", "cider", "rouge_l"} <= printed.keys()
+
+
+def test_ocr_task_uses_a_character_tokenizer_and_ocr_metrics(tmp_path):
+    encoder = ENCODER | {"image_size": [16, 64]}
+    main(
+        ["train", "--encoder", json.dumps(encoder), "--decoder", json.dumps(DECODER), "--data", "builtin:ocr"]
+        + ["--n-train", "8", "--n-eval", "4", "--batch-size", "8", "--epochs", "1", "--output-dir", str(tmp_path)]
+    )
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert {"cer", "wer", "exact_match"} <= metrics.keys()
+    tokenizer = splice.VisionEncoderDecoderModel.from_pretrained(tmp_path).processor.tokenizer
+    assert tokenizer.decode(tokenizer("Ab 12").input_ids, skip_special_tokens=True) == "Ab 12"
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_distributed_two_processes_on_cpu(tmp_path, launcher):
+    flags = ["train", "--encoder", json.dumps(ENCODER), "--decoder", json.dumps(DECODER), *SMALL]
+    flags += ["--epochs", "1", "--output-dir", str(tmp_path)]
+    if launcher == "torchrun":
+        command = [shutil.which("torchrun") or "torchrun", "--nproc_per_node", "2", "-m", "splice.cli", *flags]
+    else:
+        # `--cpu` would run one process; the distributed launcher on a machine without GPUs trains on CPU (gloo).
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+        command += ["-m", "splice.cli", *flags]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1  # 16 samples / (8 per process x 2 processes)
+    assert (tmp_path / "model.safetensors").exists()
