@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = commands.add_parser("demo", help="train a small captioner on generated data, offline, and caption samples")
     demo.add_argument("--task", choices=("shapes", "ocr"), default="shapes")
-    demo.add_argument("--output-dir", default=None)
+    demo.add_argument("--output-dir", default=None, help="default: splice-demo-<task>")
     demo.add_argument("--quick", action="store_true", help="a few steps on a handful of samples (smoke test)")
 
     train = commands.add_parser("train", help="train with Seq2SeqTrainer (flags or --config YAML)")
