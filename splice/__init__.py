@@ -12,6 +12,7 @@ from transformers import (
 from .configuration import EncoderDecoderConfig, SpeechEncoderDecoderConfig, SpliceConfig, VisionEncoderDecoderConfig
 from .modeling import EncoderDecoderModel, SpeechEncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
 from .processing import SpliceProcessor
+from .smallcap import SmallCapConfig, SmallCapModel
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ _REGISTRY = (
     (VisionEncoderDecoderConfig, VisionEncoderDecoderModel, (AutoModel, AutoModelForImageTextToText)),
     (EncoderDecoderConfig, EncoderDecoderModel, (AutoModel, AutoModelForSeq2SeqLM)),
     (SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, (AutoModel, AutoModelForSpeechSeq2Seq)),
+    (SmallCapConfig, SmallCapModel, (AutoModel, AutoModelForImageTextToText)),
 )
 for _config, _model, _autos in _REGISTRY:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
@@ -34,6 +36,8 @@ for _config, _model, _autos in _REGISTRY:
     AutoProcessor.register(_config, SpliceProcessor, exist_ok=True)
 
 __all__ = [
+    "SmallCapConfig",
+    "SmallCapModel",
     "EncoderDecoderConfig",
     "EncoderDecoderModel",
     "SpeechEncoderDecoderConfig",

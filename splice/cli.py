@@ -1,4 +1,4 @@
-"""The `splice` command line: `demo`, `train`, `caption`, `eval`."""
+"""The `splice` command line: `demo`, `train`, `caption`, `eval`, `datastore`."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
             elif path.exists():
                 paths.append(path)
             else:
-                raise SystemExit(f"splice caption: no such file, folder or glob match: {item}")
+                raise SystemExit(f"splice: no such file, folder or glob match: {item}")
     return list(dict.fromkeys(paths))
 
 
@@ -129,8 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--seed", type=int, default=12345)
     evaluate.add_argument("--batch-size", type=int, default=32)
 
+    from .retrieval import add_datastore_parser
+
+    add_datastore_parser(commands)
+
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "datastore":
+        args.func(args)
+    elif args.command == "demo":
         from .demo import run_demo
 
         run_demo(args.task, args.output_dir, quick=args.quick)

@@ -49,8 +49,12 @@ def conditioning_parameter_names(model: SpliceModel) -> set[str]:
     """
     names = set()
     if model.config.conditioning == "native":
+        # SmallCap keeps GPT-2's cross-attention layer norms frozen (`train_cross_attention_norm=False`).
+        with_norms = getattr(model.config, "train_cross_attention_norm", True)
         names.update(
-            f"decoder.{name}" for name, _ in model.decoder.named_parameters() if _is_native_cross_attention(name)
+            f"decoder.{name}"
+            for name, _ in model.decoder.named_parameters()
+            if _is_native_cross_attention(name) and (with_norms or not _is_norm(name))
         )
     names.update(name for name, _ in cross_attention_parameters(model))
     names.update(name for name, _ in model.named_parameters() if name.split(".", 1)[0] not in ("encoder", "decoder"))
@@ -61,16 +65,21 @@ def _is_native_cross_attention(name: str) -> bool:
     return any(fragment in part for part in name.split(".") for fragment in _NATIVE_CROSS_ATTENTION)
 
 
+def _is_norm(name: str) -> bool:
+    return any(fragment in name.lower() for fragment in ("ln_", "layernorm", "layer_norm", "norm."))
+
+
 def _is_lora_parameter(name: str) -> bool:
     return any(part.startswith("lora_") for part in name.split("."))
 
 
-def trainable_counts(model: nn.Module) -> dict[str, int]:
+def trainable_counts(model: nn.Module, verbose: bool = True) -> dict[str, int]:
     """
     Count trainable and total parameters (each shared parameter once) and print them in PEFT's format.
 
     Args:
         model (`nn.Module`): any model.
+        verbose (`bool`, *optional*, defaults to `True`): print the counts.
 
     Returns:
         `dict[str, int]`: `{"trainable": n, "total": N}`.
@@ -79,7 +88,9 @@ def trainable_counts(model: nn.Module) -> dict[str, int]:
     for param in model.parameters():
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
-    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+    if verbose:
+        share = 100 * trainable / total
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
     return {"trainable": trainable, "total": total}
 
 
@@ -89,7 +100,7 @@ def _training_setup(model: SpliceModel) -> dict[str, Any]:
     return model.__dict__[_SETUP_ATTR]
 
 
-def apply_freeze_policy(model: SpliceModel, policy: str) -> dict[str, int]:
+def apply_freeze_policy(model: SpliceModel, policy: str, verbose: bool = True) -> dict[str, int]:
     """
     Choose which parameters train.
 
@@ -97,6 +108,7 @@ def apply_freeze_policy(model: SpliceModel, policy: str) -> dict[str, int]:
         model (`SpliceModel`): the composite model, changed in place.
         policy (`str`): `"none"` trains everything; `"encoder"` freezes the encoder; `"encoder+decoder"` trains only
             the conditioning parameters (see [`conditioning_parameter_names`]) and LoRA weights, if any (SmallCap).
+        verbose (`bool`, *optional*, defaults to `True`): print the counts.
 
     Returns:
         `dict[str, int]`: `{"trainable": n, "total": N}`, also printed.
@@ -118,7 +130,7 @@ def apply_freeze_policy(model: SpliceModel, policy: str) -> dict[str, int]:
             trainable = name in conditioning or _is_lora_parameter(name)
         param.requires_grad_(trainable)
     _training_setup(model)["freeze"] = policy
-    return trainable_counts(model)
+    return trainable_counts(model, verbose)
 
 
 def _default_lora_targets(model: SpliceModel, excluded: set[str]) -> list[str]:

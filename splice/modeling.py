@@ -122,6 +122,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             self.main_input_name = encoder.main_input_name
 
         self._build_conditioning()
+        self._decoder_takes_position_ids = "position_ids" in inspect.signature(decoder.forward).parameters
         if config.tie_encoder_decoder:
             # Declared as tied weights, so transformers ties them, saves each once and re-ties them on load.
             self._tied_weights_keys = self._encoder_decoder_tied_keys()
@@ -468,6 +469,17 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         if decoder_input_ids is not None:
             self._check_ids("decoder_input_ids", decoder_input_ids)
 
+        if (
+            decoder_attention_mask is not None
+            and "position_ids" not in kwargs_decoder
+            and self.config.conditioning != "prefix"  # the prefix path counts positions itself
+            and bool((decoder_attention_mask[:, 0] == 0).any())
+            and self._decoder_takes_position_ids
+        ):
+            # Left padding (batched prompts): positions count real tokens, so each sample matches its unpadded self.
+            positions = (decoder_attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T_total]
+            new_tokens = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[1]
+            kwargs_decoder["position_ids"] = positions[:, -new_tokens:]
         decode = {"native": self._decode_native, "injected": self._decode_injected, "prefix": self._decode_prefix}
         decoder_outputs = decode[self.config.conditioning](
             encoder_hidden_states,

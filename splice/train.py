@@ -23,7 +23,6 @@ from transformers import (
     AutoTokenizer,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
-    ViTImageProcessor,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -183,6 +182,8 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
 def build_image_processor(config: TrainConfig, model: SpliceModel):
     if isinstance(config.encoder, str):
         return AutoImageProcessor.from_pretrained(config.encoder)
+    from transformers import ViTImageProcessor  # imported here: accessing it logs a note when torchvision is absent
+
     size = getattr(model.config.encoder, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else size
     return ViTImageProcessor(size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
