@@ -57,6 +57,13 @@ def caption_command(args: argparse.Namespace) -> None:
 
     model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     processor = SpliceProcessor.from_pretrained(args.model)
+    datastore = None
+    if args.datastore:
+        from .retrieval import load_datastore_for
+
+        if not hasattr(model, "prompts"):
+            raise SystemExit("splice caption: --datastore needs a retrieval-augmented (SmallCap) model.")
+        datastore = load_datastore_for(args.datastore, model, processor.image_processor)
     paths = _expand_inputs(args.inputs)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     kwargs = {"num_beams": args.num_beams} | ({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
@@ -71,6 +78,8 @@ def caption_command(args: argparse.Namespace) -> None:
                 skipped += 1
         if not images:
             continue
+        if datastore is not None:  # retrieval prompts from this datastore (swap it to change domain, no retraining)
+            kwargs["retrieved_captions"] = datastore.retrieve_for_images(images, k=model.config.retrieval_k)
         with torch.no_grad():
             captions = model.caption(images, processor=processor, **kwargs)
         for path, caption in zip(batch, captions):
@@ -120,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     caption.add_argument("--max-new-tokens", type=int, default=None)
     caption.add_argument("--format", choices=("text", "jsonl"), default="text")
     caption.add_argument("--output", help="write here instead of standard output")
+    caption.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
 
     evaluate = commands.add_parser("eval", help="print a trained model's metrics on a data source")
     evaluate.add_argument("model")

@@ -117,7 +117,10 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         # One config object per part, shared with the composite, so edits to either stay in sync.
         self.config.encoder = encoder.config
         self.config.decoder = decoder.config
-        self._can_compile_fullgraph = getattr(decoder, "_can_compile_fullgraph", False)
+        # Injected blocks cache keys/values in Python state, which full-graph compilation cannot trace.
+        self._can_compile_fullgraph = getattr(decoder, "_can_compile_fullgraph", False) and (
+            config.conditioning != "injected"
+        )
         if type(self) is SpliceModel:
             self.main_input_name = encoder.main_input_name
 
@@ -182,8 +185,20 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             self.__dict__["_encoder_module_ids"] = {id(m) for m in self.encoder.modules()}
         owner = self.encoder if id(module) in self.__dict__["_encoder_module_ids"] else self.decoder
         owner._init_weights(module)
-        if isinstance(module, GatedCrossAttention):
-            module.reset_gates()  # gates at 0: an injected block starts as the identity
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # transformers initialises the decoder's modules with the decoder's own rule, which knows nothing of splice's
+        # gates and resampler queries: those missing from a checkpoint are set here (gates at 0: identity).
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, GatedCrossAttention):
+                    for gate in (module.attn_gate, getattr(module, "ffn_gate", None)):
+                        if gate is not None and not getattr(gate, "_is_hf_initialized", False):
+                            gate.zero_()
+                elif isinstance(module, PrefixProjector) and module.reducer == "resampler":
+                    if not getattr(module.queries, "_is_hf_initialized", False):
+                        module.queries.normal_(0, module.queries.shape[-1] ** -0.5)
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
@@ -283,7 +298,12 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         if generation_config is not None:
             passed = {f: getattr(generation_config, f, None) for f in SPECIAL_TOKENS} | passed
         validate_token_ids(passed, self.config.decoder.vocab_size, dict.fromkeys(passed, "generate() arguments"))
-        return super().generate(inputs, generation_config=generation_config, **kwargs)
+        try:
+            return super().generate(inputs, generation_config=generation_config, **kwargs)
+        finally:  # drop this call's encoder states (and injected keys/values): no memory held, nothing stale
+            self.__dict__.pop("_kept_states", None)
+            if self.config.conditioning == "injected":
+                self._cross_attention_context.clear()
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         self._sync_generation_config()

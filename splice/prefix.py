@@ -65,7 +65,8 @@ class PrefixProjector(nn.Module):
         """The prefix's attention mask `[B, P]` (long), without computing the prefix (decoding steps need only this)."""
         batch, length = encoder_hidden_states.shape[:2]
         if self.reducer is None and encoder_attention_mask is not None:
-            return encoder_attention_mask.long()
+            # Padding moves to the front (see `forward`): real prefix tokens sit right before the text.
+            return torch.sort(encoder_attention_mask.long(), dim=1, stable=True).values
         length = self.prefix_length if self.reducer is not None else length
         return torch.ones(batch, length, dtype=torch.long, device=encoder_hidden_states.device)
 
@@ -83,7 +84,12 @@ class PrefixProjector(nn.Module):
         states = self.proj(encoder_hidden_states)  # [B, S, D]
         batch = states.shape[0]
         if self.reducer is None:
-            return states
+            if encoder_attention_mask is None:
+                return states
+            # Left-align the padding, so the real prefix tokens are contiguous with the text: a sliding-window
+            # decoder (Mistral, Gemma) then sees the same tokens in its window as for the unpadded sample.
+            order = torch.argsort(encoder_attention_mask.long(), dim=1, stable=True)  # [B, S]
+            return states.gather(1, order.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
         mask = encoder_attention_mask
         if self.reducer == "pool" and (mask is None or bool(mask.all())):
             prefix = F.adaptive_avg_pool1d(states.transpose(1, 2), self.prefix_length).transpose(1, 2)  # [B, P, D]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -406,6 +407,47 @@ def _group_ids(groups: Sequence[Any] | None, count: int) -> list[str | None]:
 
 def _image_key(image: Any) -> Any:
     return os.fspath(image) if isinstance(image, str | os.PathLike) else id(image)
+
+
+FROZEN_ENCODER_EMBEDDER = "splice:frozen-encoder-mean"
+
+
+def frozen_encoder_embedder(encoder: Any, image_processor: Any) -> Embedder:
+    r"""
+    Image keys from a captioner's own frozen encoder (the mean of its token states): retrieval without a CLIP model.
+
+    Args:
+        encoder: the frozen vision encoder.
+        image_processor: its image processor.
+    """
+
+    @torch.no_grad()
+    def embed(images: list) -> torch.Tensor:
+        pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(encoder.device)
+        states = encoder(pixel_values=pixels).last_hidden_state  # [B, S, E] or [B, E, H, W]
+        return (states.mean(1) if states.dim() == 3 else states.mean((2, 3))).float().cpu()
+
+    return Embedder.from_functions(None, embed, {"name_or_path": FROZEN_ENCODER_EMBEDDER})
+
+
+def load_datastore_for(directory: str | os.PathLike, model: Any = None, image_processor: Any = None) -> Datastore:
+    r"""
+    Load a datastore with the embedder it was built with: a captioner's frozen encoder (pass `model` and its
+    `image_processor`) or the checkpoint its metadata names.
+
+    Args:
+        directory: the datastore directory.
+        model (*optional*): the captioner, when the datastore's keys come from its encoder.
+        image_processor (*optional*): the captioner's image processor.
+    """
+    name = read_datastore_meta(directory)["embedder"]["name_or_path"]
+    if name == FROZEN_ENCODER_EMBEDDER:
+        if model is None or image_processor is None:
+            raise ValueError(
+                f"The datastore at {directory} uses the captioner's encoder: pass `model` and its processor."
+            )
+        return Datastore.load(directory, frozen_encoder_embedder(model.encoder, image_processor))
+    return Datastore.load(directory, Embedder.from_pretrained(name))
 
 
 def read_datastore_meta(directory: str | os.PathLike) -> dict[str, Any]:

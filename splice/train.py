@@ -46,7 +46,8 @@ class TrainConfig:
         decoder: same, for the decoder.
         conditioning: `"auto"`, `"native"`, `"injected"` or `"prefix"`.
         model_kwargs: more composite config fields (e.g. `cross_attention_reduce_factor`, `prefix_length`).
-        freeze: `"none"`, `"encoder"` or `"encoder+decoder"` (only the conditioning layers train).
+        freeze: `"none"`, `"encoder"` or `"encoder+decoder"` (only the conditioning layers train); default `"none"`,
+            or `"encoder+decoder"` for the SmallCap preset.
         lora_rank: LoRA rank on the decoder (0: no LoRA).
         data: `builtin:shapes`, `builtin:ocr`, an image folder, a COCO/Karpathy JSON, or a text-pair JSONL.
         eval_data: same; for built-in data, held-out scenes are generated with another seed when omitted.
@@ -57,13 +58,18 @@ class TrainConfig:
         max_new_tokens: generation length; derived from the longest training target when omitted.
         feature_cache: cache the frozen encoder's outputs on disk (only when the encoder is frozen).
         resume: continue from the last checkpoint in `output_dir`.
+        preset: `"smallcap"`: [`SmallCapModel`], frozen encoder and decoder, retrieval-augmented prompts.
+        datastore: SmallCap: a datastore directory (`splice datastore build`); when omitted, one is built from the
+            training captions (image keys embedded by the frozen encoder, or text keys with `retrieval_embedder`).
+        retrieval_embedder: SmallCap: a CLIP-style checkpoint for text keys when the datastore is built here.
+        retrieval_k: SmallCap: retrieved captions per image.
     """
 
     encoder: str | dict = "google/vit-base-patch16-224-in21k"
     decoder: str | dict = "openai-community/gpt2"
     conditioning: str = "auto"
     model_kwargs: dict = field(default_factory=dict)
-    freeze: str = "none"
+    freeze: str | None = None
     lora_rank: int = 0
     data: str = "builtin:shapes"
     eval_data: str | None = None
@@ -85,6 +91,10 @@ class TrainConfig:
     seed: int = 0
     logging_steps: int = 25
     save_total_limit: int = 2
+    preset: str | None = None
+    datastore: str | None = None
+    retrieval_embedder: str | None = None
+    retrieval_k: int = 4
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -157,7 +167,14 @@ def _part(spec: str | dict, auto_class: Any, **config_overrides: Any):
 
 def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
     """The composite model, its vocabulary sized to the tokenizer and its special tokens taken from it."""
-    model_class = EncoderDecoderModel if task == "text" else VisionEncoderDecoderModel
+    if config.preset not in (None, "smallcap"):
+        raise ValueError(f"preset={config.preset!r} is not known; the presets are: smallcap.")
+    if config.preset == "smallcap":
+        from .smallcap import SmallCapModel
+
+        model_class = SmallCapModel
+    else:
+        model_class = EncoderDecoderModel if task == "text" else VisionEncoderDecoderModel
     decoder_overrides: dict[str, Any] = {}
     if isinstance(config.decoder, dict):
         decoder_overrides["vocab_size"] = len(tokenizer)
@@ -170,8 +187,9 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
         decoder_overrides |= {"is_decoder": True, "add_cross_attention": True}
     encoder = _part(config.encoder, AutoModel)
     decoder = _part(config.decoder, AutoModelForCausalLM, **decoder_overrides)
+    extra = {"retrieval_k": config.retrieval_k} if config.preset == "smallcap" else {}
     model = model_class.from_encoder_decoder_pretrained(
-        encoder_model=encoder, decoder_model=decoder, conditioning=config.conditioning, **config.model_kwargs
+        encoder_model=encoder, decoder_model=decoder, conditioning=config.conditioning, **extra, **config.model_kwargs
     )
     if len(tokenizer) > model.config.decoder.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
@@ -211,7 +229,8 @@ def train(config: TrainConfig) -> dict[str, float]:
     eval_records = load_records(eval_source, task, config.n_eval, config.seed + 1, config.image_size)
     tokenizer = build_tokenizer(config, records, task)
     model = build_model(config, tokenizer, task)
-    counts = apply_freeze_policy(model, config.freeze)
+    freeze = config.freeze or ("encoder+decoder" if config.preset == "smallcap" else "none")
+    counts = apply_freeze_policy(model, freeze)
     if config.lora_rank:
         model = apply_lora(model, r=config.lora_rank)
 
@@ -220,6 +239,9 @@ def train(config: TrainConfig) -> dict[str, float]:
     model.generation_config.max_new_tokens = config.max_new_tokens or derive_max_new_tokens(collator, records)
     model.generation_config.num_beams = config.num_beams
 
+    prompted = config.preset == "smallcap"
+    if prompted:
+        add_retrieval_prompts(model, records, eval_records, config)
     args = Seq2SeqTrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
@@ -230,7 +252,9 @@ def train(config: TrainConfig) -> dict[str, float]:
         warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
         lr_scheduler_type="cosine",
         logging_steps=config.logging_steps,
-        eval_strategy="epoch",
+        # Prompted (SmallCap) batches teacher-force the prompt and the caption, so they are evaluated after training
+        # with `model.caption`, which generates from the prompt alone.
+        eval_strategy="no" if prompted else "epoch",
         save_strategy="epoch",
         save_total_limit=config.save_total_limit,
         predict_with_generate=True,
@@ -242,7 +266,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         dataloader_num_workers=0,
     )
-    if config.feature_cache and config.freeze != "none" and task != "text":
+    if config.feature_cache and freeze != "none" and task != "text":
         collator = cache_encoder_features(model, collator, records + eval_records, config, args)
     trainer = Seq2SeqTrainer(
         model=model,
@@ -259,9 +283,43 @@ def train(config: TrainConfig) -> dict[str, float]:
         model.save_pretrained(config.output_dir)
         processor = SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer
         processor.save_pretrained(config.output_dir)
+        if prompted:
+            model.datastore.save(Path(config.output_dir) / "datastore")
         with open(Path(config.output_dir) / "eval_metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics | {"trainable_parameters": counts["trainable"]}, f, indent=2)
     return metrics
+
+
+def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], config: TrainConfig) -> None:
+    """SmallCap: give every record the captions retrieved for its image and the prompt built from them.
+
+    Training images never see their own captions (they are excluded by group); retrieval runs once per image and
+    datastore, cached next to the run.
+    """
+    from .retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
+
+    if config.datastore is not None:
+        datastore = Datastore.load(config.datastore)
+        groups: list[Any] = [r.get("group") for r in records]
+    else:
+        groups = [str(i) for i in range(len(records))]
+        captions = [c for r in records for c in r.get("references") or [r["text"]]]
+        caption_groups = [g for r, g in zip(records, groups) for _ in r.get("references") or [r["text"]]]
+        if config.retrieval_embedder is not None:
+            datastore = Datastore.build(captions, Embedder.from_pretrained(config.retrieval_embedder), caption_groups)
+        else:
+            images = [r["image"] for r in records for _ in r.get("references") or [r["text"]]]
+            embedder = frozen_encoder_embedder(model.encoder, build_image_processor(config, model))
+            datastore = Datastore.build(captions, embedder, caption_groups, keys="image", images=images)
+    model.datastore = datastore
+    cache = Path(config.output_dir) / "retrieved.json"
+    for subset, exclude, name in ((records, groups, "train"), (eval_records, None, "eval")):
+        keys = [f"{name}-{i}" for i in range(len(subset))]
+        images = [r["image"] for r in subset]
+        retrieved = retrieve_cached(datastore, images, keys, config.retrieval_k, exclude, cache)
+        for record, captions in zip(subset, retrieved):
+            record["retrieved"] = captions
+            record["prompt"] = model.prompts([captions], 1)[0]
 
 
 class CachedFeaturesCollator:
@@ -323,6 +381,12 @@ def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_pro
     texts: list[str] = []
     for start in tqdm(range(0, len(records), batch_size), desc="generating", leave=False):
         chunk = records[start : start + batch_size]
+        if "retrieved" in chunk[0]:  # SmallCap: each image with its own retrieval prompt
+            processor = SpliceProcessor(image_processor, tokenizer)
+            texts.extend(
+                model.caption([open_image(r["image"]) for r in chunk], processor, [r["retrieved"] for r in chunk])
+            )
+            continue
         if image_processor is not None:
             pixels = image_processor([open_image(r["image"]) for r in chunk], return_tensors="pt")["pixel_values"]
             ids = model.generate(pixels.to(model.device))
@@ -341,4 +405,3 @@ def evaluate(model: SpliceModel, records, tokenizer, image_processor, task: str,
     if task == "ocr":
         return ocr_metrics(predictions, [r["text"] for r in records])
     return caption_metrics(predictions, [r.get("references") or [r["text"]] for r in records])
-
