@@ -33,9 +33,10 @@ def build_prompt(captions: Sequence[str] | None, template: str = DEFAULT_TEMPLAT
         template: must contain `{captions}`; the first `k` captions are joined by blank lines, as in the original.
         k: how many retrieved captions to use.
     """
+    captions = list(captions or [])[:k]
     if not captions:
         return NO_RETRIEVAL_PROMPT
-    return template.format(captions="\n\n".join(c.strip().rstrip(".") for c in captions[:k]))
+    return template.format(captions="\n\n".join(c.strip().rstrip(".") for c in captions))
 
 
 def _is_gpt2_style(decoder_config: PreTrainedConfig | dict) -> bool:

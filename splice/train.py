@@ -52,6 +52,7 @@ class TrainConfig:
         data: `builtin:shapes`, `builtin:ocr`, an image folder, a COCO/Karpathy JSON, or a text-pair JSONL.
         eval_data: same; for built-in data, held-out scenes are generated with another seed when omitted.
         task: `"caption"`, `"ocr"` or `"text"`; inferred from the data when omitted.
+        data_options: options of the built-in generator (e.g. `{"domain": "b"}` for shapes).
         n_train, n_eval: sizes of generated built-in data.
         image_size: built-in data's image size (`int` or `[width, height]`; each task has a default).
         tokenizer: a tokenizer directory or hub id; when omitted, the decoder's own, else one trained on the data.
@@ -62,7 +63,7 @@ class TrainConfig:
         datastore: SmallCap: a datastore directory (`splice datastore build`); when omitted, one is built from the
             training captions (image keys embedded by the frozen encoder, or text keys with `retrieval_embedder`).
         retrieval_embedder: SmallCap: a CLIP-style checkpoint for text keys when the datastore is built here.
-        retrieval_k: SmallCap: retrieved captions per image.
+        retrieval_k: SmallCap: retrieved captions per image (0: no retrieval, the prompt is "This image shows ").
     """
 
     encoder: str | dict = "google/vit-base-patch16-224-in21k"
@@ -74,6 +75,7 @@ class TrainConfig:
     data: str = "builtin:shapes"
     eval_data: str | None = None
     task: str | None = None
+    data_options: dict = field(default_factory=dict)
     n_train: int = 2000
     n_eval: int = 200
     image_size: int | list[int] | None = None
@@ -107,20 +109,22 @@ class TrainConfig:
         return cls(**(values | overrides))
 
 
-def load_records(source: str, task: str, n: int, seed: int, image_size: int | list[int] | None) -> list[dict]:
+def load_records(
+    source: str, task: str, n: int, seed: int, image_size: int | list[int] | None, options: dict | None = None
+) -> list[dict]:
     r"""
     Records (`{"image"|"source", "text", "references"}`) from a data source string.
 
     Args:
         source: `builtin:shapes`, `builtin:ocr`, an image folder, a `.json` caption file or a `.jsonl` pair file.
         task: the task (decides the built-in generator's options).
-        n, seed, image_size: for built-in data.
+        n, seed, image_size, options: for built-in data.
     """
     if source.startswith("builtin:"):
         from .builtin_data import make_dataset
 
         size = tuple(image_size) if isinstance(image_size, list) else image_size
-        examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=size)
+        examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=size, **(options or {}))
         return [{"image": e.image, "text": e.caption, "references": e.references} for e in examples]
     path = Path(source)
     if path.is_dir():
@@ -162,7 +166,10 @@ def _part(spec: str | dict, auto_class: Any, **config_overrides: Any):
         values = dict(spec)
         model_config = AutoConfig.for_model(values.pop("model_type"), **(values | config_overrides))
         return auto_class.from_config(model_config)
-    return auto_class.from_pretrained(spec, **config_overrides)
+    model_config = AutoConfig.from_pretrained(spec)
+    for key, value in config_overrides.items():
+        setattr(model_config, key, value)
+    return auto_class.from_pretrained(spec, config=model_config)
 
 
 def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
@@ -224,9 +231,11 @@ def train(config: TrainConfig) -> dict[str, float]:
 
     torch.manual_seed(config.seed)
     task = infer_task(config)
-    records = load_records(config.data, task, config.n_train, config.seed, config.image_size)
+    records = load_records(config.data, task, config.n_train, config.seed, config.image_size, config.data_options)
     eval_source = config.eval_data or config.data
-    eval_records = load_records(eval_source, task, config.n_eval, config.seed + 1, config.image_size)
+    eval_records = load_records(
+        eval_source, task, config.n_eval, config.seed + 1, config.image_size, config.data_options
+    )
     tokenizer = build_tokenizer(config, records, task)
     model = build_model(config, tokenizer, task)
     freeze = config.freeze or ("encoder+decoder" if config.preset == "smallcap" else "none")
@@ -283,7 +292,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         model.save_pretrained(config.output_dir)
         processor = SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer
         processor.save_pretrained(config.output_dir)
-        if prompted:
+        if prompted and config.retrieval_k:
             model.datastore.save(Path(config.output_dir) / "datastore")
         with open(Path(config.output_dir) / "eval_metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics | {"trainable_parameters": counts["trainable"]}, f, indent=2)
@@ -298,6 +307,10 @@ def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], 
     """
     from .retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
 
+    if config.retrieval_k == 0:
+        for record in records + eval_records:
+            record["retrieved"], record["prompt"] = [], model.prompts(None, 1)[0]
+        return
     if config.datastore is not None:
         datastore = Datastore.load(config.datastore)
         groups: list[Any] = [r.get("group") for r in records]
