@@ -14,7 +14,7 @@ from pathlib import Path
 from .train import TrainConfig, load_records, train
 
 
-def _model(image_size: int | list[int], patch_size: int, width: int, layers: int) -> dict:
+def _model(image_size: int | list[int], patch_size: int | list[int], width: int, layers: int) -> dict:
     encoder = {
         "model_type": "vit", "hidden_size": width, "num_hidden_layers": layers, "num_attention_heads": 4,
         "intermediate_size": 2 * width, "image_size": image_size, "patch_size": patch_size,
@@ -28,8 +28,14 @@ DEMOS = {
     "shapes": TrainConfig(
         **_model(64, 8, 128, 3), data="builtin:shapes", n_train=3000, n_eval=200, epochs=5, learning_rate=1e-3
     ),
+    # Full-height 32x4 patches: one token per 4-pixel column of the text line.
     "ocr": TrainConfig(
-        **_model([32, 160], 8, 128, 3), data="builtin:ocr", n_train=4000, n_eval=200, epochs=5, learning_rate=1e-3
+        **_model([32, 160], [32, 4], 128, 3),
+        data="builtin:ocr",
+        n_train=4000,
+        n_eval=200,
+        epochs=10,
+        learning_rate=1e-3,
     ),
 }
 
