@@ -28,7 +28,6 @@ def decode_predictions(tokenizer: Any, ids: Any) -> list[str]:
     return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
-
 class SpliceProcessor(ProcessorMixin):
     r"""
     Prepares images for a vision splice model and decodes its outputs. (Text encoders use their tokenizer alone.)
