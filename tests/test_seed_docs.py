@@ -312,7 +312,7 @@ def test_ved_from_encoder_decoder_pretrained_swin_bert(swin_dir, bert_dir):
 
 
 def test_ved_inference_vit_gpt2_captioning(captioner_dir):
-    # >>> model = VisionEncoderDecoderModel.from_pretrained("nlpconnect/vit-gpt2-image-captioning")
+    # >>> model = VisionEncoderDecoderModel.from_pretrained(<hub: nlpconnect/vit-gpt2-image-captioning>)
     # >>> tokenizer = GPT2TokenizerFast.from_pretrained(...); image_processor = ViTImageProcessor.from_pretrained(...)
     # >>> pixel_values = image_processor(image, return_tensors="pt").pixel_values
     # >>> generated_ids = model.generate(pixel_values)
@@ -339,8 +339,8 @@ def test_ved_inference_vit_gpt2_captioning(captioner_dir):
 
 
 def test_ved_training_vit_bert(vit_dir, bert_dir, tmp_path):
-    # >>> image_processor = ViTImageProcessor.from_pretrained("google/vit-base-patch16-224-in21k")
-    # >>> tokenizer = BertTokenizer.from_pretrained("google-bert/bert-base-uncased")
+    # >>> image_processor = ViTImageProcessor.from_pretrained(<hub: google/vit-base-patch16-224-in21k>)
+    # >>> tokenizer = BertTokenizer.from_pretrained(<hub: google-bert/bert-base-uncased>)
     # >>> model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(vit, bert)
     # >>> model.config.decoder_start_token_id = tokenizer.cls_token_id
     # >>> model.config.pad_token_id = tokenizer.pad_token_id
@@ -382,8 +382,8 @@ def test_ved_training_vit_bert(vit_dir, bert_dir, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
 def test_ved_forward_docstring_trocr(trocr_dir):
-    # >>> processor = AutoProcessor.from_pretrained("microsoft/trocr-base-handwritten")
-    # >>> model = VisionEncoderDecoderModel.from_pretrained("microsoft/trocr-base-handwritten")
+    # >>> processor = AutoProcessor.from_pretrained(<hub: microsoft/trocr-base-handwritten>)
+    # >>> model = VisionEncoderDecoderModel.from_pretrained(<hub: microsoft/trocr-base-handwritten>)
     # >>> model.config.decoder_start_token_id = processor.tokenizer.eos_token_id
     # >>> model.config.pad_token_id = processor.tokenizer.pad_token_id
     # >>> model.config.vocab_size = model.config.decoder.vocab_size
@@ -432,7 +432,7 @@ def test_ved_forward_docstring_trocr(trocr_dir):
 def test_ved_from_encoder_decoder_pretrained_then_save_load(vit_dir, bert_dir, tmp_path):
     # >>> model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(vit, bert)
     # >>> model.save_pretrained("./vit-bert")
-    # >>> model = VisionEncoderDecoderModel.from_pretrained("./vit-bert")
+    # >>> model = VisionEncoderDecoderModel.from_pretrained(<hub: ./vit-bert>)
     model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(vit_dir, bert_dir)
     model.save_pretrained(tmp_path / "vit-bert")
     loaded = VisionEncoderDecoderModel.from_pretrained(tmp_path / "vit-bert")
@@ -484,7 +484,7 @@ def test_ed_randomly_initialized_from_configs(tmp_path):
 
 
 def test_ed_from_encoder_decoder_pretrained_bert2bert(bert_dir):
-    # >>> tokenizer = BertTokenizer.from_pretrained("google-bert/bert-base-uncased")
+    # >>> tokenizer = BertTokenizer.from_pretrained(<hub: google-bert/bert-base-uncased>)
     # >>> model = EncoderDecoderModel.from_encoder_decoder_pretrained(bert, bert)
     tokenizer = BertTokenizer.from_pretrained(bert_dir)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(bert_dir, bert_dir)
@@ -505,8 +505,8 @@ def test_ed_from_encoder_decoder_pretrained_bert2bert(bert_dir):
 
 
 def test_ed_inference_bert2bert_summarization(bert2bert_dir):
-    # >>> model = EncoderDecoderModel.from_pretrained("patrickvonplaten/bert2bert_cnn_daily_mail")
-    # >>> tokenizer = AutoTokenizer.from_pretrained("patrickvonplaten/bert2bert_cnn_daily_mail")
+    # >>> model = EncoderDecoderModel.from_pretrained(<hub: patrickvonplaten/bert2bert_cnn_daily_mail>)
+    # >>> tokenizer = AutoTokenizer.from_pretrained(<hub: patrickvonplaten/bert2bert_cnn_daily_mail>)
     # >>> input_ids = tokenizer(ARTICLE_TO_SUMMARIZE, return_tensors="pt").input_ids
     # >>> generated_ids = model.generate(input_ids)
     # >>> generated_text = tokenizer.batch_decode(generated_ids, skip_special_tokens=True)[0]
@@ -568,7 +568,7 @@ def test_ed_forward_docstring(bert_dir, tmp_path):
     # >>> model.config.pad_token_id = tokenizer.pad_token_id
     # >>> model.config.vocab_size = model.config.decoder.vocab_size
     # >>> outputs = model(input_ids=input_ids, labels=labels); loss, logits = outputs.loss, outputs.logits
-    # >>> model.save_pretrained("bert2bert"); model = EncoderDecoderModel.from_pretrained("bert2bert")
+    # >>> model.save_pretrained("bert2bert"); model = EncoderDecoderModel.from_pretrained(<hub: bert2bert>)
     # >>> generated = model.generate(input_ids)
     tokenizer = BertTokenizer.from_pretrained(bert_dir)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(bert_dir, bert_dir)
@@ -599,7 +599,7 @@ def test_ed_forward_docstring(bert_dir, tmp_path):
 
 def test_ed_from_encoder_decoder_pretrained_then_save_load(bert_dir, tmp_path):
     # >>> model = EncoderDecoderModel.from_encoder_decoder_pretrained(bert, bert)
-    # >>> model.save_pretrained("./bert2bert"); model = EncoderDecoderModel.from_pretrained("./bert2bert")
+    # >>> model.save_pretrained("./bert2bert"); model = EncoderDecoderModel.from_pretrained(<hub: ./bert2bert>)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(bert_dir, bert_dir)
     model.save_pretrained(tmp_path / "bert2bert")
     loaded = EncoderDecoderModel.from_pretrained(tmp_path / "bert2bert")
