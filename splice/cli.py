@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .data import IMAGE_SUFFIXES
+from .data import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS
 
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,15 +21,15 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + spec.name.replace("_", "-")
         if spec.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif spec.name in ("encoder", "decoder", "model_kwargs"):
-            parser.add_argument(flag, type=_json_or_str, default=None, help="checkpoint, or a JSON config object")
+        elif "dict" in str(spec.type) or "list" in str(spec.type):
+            parser.add_argument(flag, type=_json_or_str, default=None, help="a value, or JSON (object or list)")
         else:
             kind = {"int": int, "float": float}.get(str(spec.type).split(" ")[0], str)
             parser.add_argument(flag, type=kind, default=None)
 
 
 def _json_or_str(value: str) -> Any:
-    return json.loads(value) if value.lstrip().startswith("{") else value
+    return json.loads(value) if value.lstrip()[:1] in ("{", "[") or value.isdigit() else value
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
@@ -74,7 +74,7 @@ def caption_command(args: argparse.Namespace) -> None:
             try:
                 images.append(open_image(path))
                 batch.append(path)
-            except OSError:
+            except UNREADABLE_IMAGE_ERRORS:
                 skipped += 1
         if not images:
             continue
@@ -105,6 +105,15 @@ def eval_command(args: argparse.Namespace) -> None:
         processor = SpliceProcessor.from_pretrained(args.model)
         tokenizer, image_processor = processor.tokenizer, processor.image_processor
     records = load_records(args.data, task, args.n, args.seed, None)
+    datastore_dir = Path(args.model) / "datastore"
+    if hasattr(model, "prompts"):  # SmallCap: retrieval prompts from the datastore saved with the model, if any
+        retrieved = [[] for _ in records]
+        if datastore_dir.is_dir():
+            from .retrieval import load_datastore_for
+
+            datastore = load_datastore_for(datastore_dir, model, image_processor)
+            retrieved = datastore.retrieve_for_images([r["image"] for r in records], k=model.config.retrieval_k)
+        records = [r | {"retrieved": c} for r, c in zip(records, retrieved)]
     metrics = evaluate(model, records, tokenizer, image_processor, task, args.batch_size)
     print(json.dumps(metrics, indent=2))
 

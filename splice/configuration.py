@@ -124,6 +124,7 @@ class SpliceConfig(PreTrainedConfig):
                     "(transformers v5 no longer reads generation settings from `model.config`)."
                 )
             pending[key] = value
+            self.__dict__.setdefault("_generation_assigned", set()).add(key)
             return
         super().__setattr__(key, value)
 
@@ -137,14 +138,12 @@ class SpliceConfig(PreTrainedConfig):
     def new_generation_overrides(self) -> dict[str, Any]:
         """The generation settings assigned on this config since the last call (the model mirrors them).
 
-        They stay readable on the config; only changes are reported, so a later edit of `generation_config` itself is
-        not overwritten by an old config value.
+        They stay readable on the config; only new assignments are reported, so a later edit of `generation_config`
+        itself is not overwritten by an old config value, and re-assigning a value mirrors it again.
         """
         pending = self.__dict__.get("_generation_overrides", {})
-        applied = self.__dict__.setdefault("_generation_applied", {})
-        changed = {k: v for k, v in pending.items() if k not in applied or applied[k] != v}
-        applied.update(changed)
-        return changed
+        assigned = self.__dict__.pop("_generation_assigned", set())
+        return {key: pending[key] for key in assigned}
 
     def _get_generation_parameters(self) -> dict[str, Any]:
         # The generation settings set here are mirrored by the model, so transformers must not refuse them.
@@ -153,7 +152,7 @@ class SpliceConfig(PreTrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output.pop("_generation_overrides", None)
-        output.pop("_generation_applied", None)
+        output.pop("_generation_assigned", None)
         return output
 
     @property

@@ -21,6 +21,8 @@ from PIL import Image, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# What Pillow raises for missing, truncated or non-image files.
+UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
 
 def open_image(image: Any) -> Image.Image:
@@ -38,7 +40,7 @@ def open_image(image: Any) -> Image.Image:
 def _readable(image: Any) -> bool:
     try:
         open_image(image)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except UNREADABLE_IMAGE_ERRORS:
         return False
     return True
 
@@ -220,7 +222,7 @@ class SpliceCollator:
                 try:
                     images.append(open_image(record["image"]))
                     kept.append(record)
-                except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                except UNREADABLE_IMAGE_ERRORS:
                     self.skipped += 1  # a file that went bad after loading: drop it, count it, carry on
                     logger.warning(f"Skipped an unreadable image ({self.skipped} so far).")
             if not kept:
@@ -237,7 +239,8 @@ class SpliceCollator:
         """Labels (and decoder inputs when prompted) for the records' `"text"` (and optional `"prompt"`)."""
         targets = [self._target_ids(r["text"]) for r in records]
         prompts = [self._ids(r["prompt"]) if r.get("prompt") else [] for r in records]
-        pad = self.tokenizer.pad_token_id
+        # GPT-2's tokenizer has no pad token; padded positions are masked, so any id in the vocabulary does.
+        pad = next((t for t in (self.tokenizer.pad_token_id, self.eos_token_id) if t is not None), 0)
         if not any(prompts):
             width = max(len(t) for t in targets)
             labels = torch.full((len(targets), width), -100, dtype=torch.long)  # [B, T]; -100: no loss on padding

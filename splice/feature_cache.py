@@ -70,6 +70,18 @@ def _array(item: Any) -> np.ndarray:
     return np.asarray(item)
 
 
+def content_key(item: Any) -> str:
+    """sha256 of an item's content: a file's bytes, raw bytes, or an array-like's dtype, shape and bytes."""
+    if isinstance(item, str | os.PathLike):
+        return hashlib.sha256(Path(item).read_bytes()).hexdigest()
+    if isinstance(item, bytes | bytearray | memoryview):
+        return hashlib.sha256(item).hexdigest()
+    array = np.ascontiguousarray(_array(item))
+    digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
+    digest.update(array.data)
+    return digest.hexdigest()
+
+
 class FeatureCache:
     r"""
     The outputs (`last_hidden_state`) of a frozen encoder, computed once and memory-mapped from disk.
@@ -162,14 +174,9 @@ class FeatureCache:
             stat = os.stat(item)
             memo = (os.path.abspath(item), stat.st_size, stat.st_mtime_ns)
             if memo not in self._path_keys:
-                self._path_keys[memo] = hashlib.sha256(Path(item).read_bytes()).hexdigest()
+                self._path_keys[memo] = content_key(item)
             return self._path_keys[memo]
-        if isinstance(item, bytes | bytearray | memoryview):
-            return hashlib.sha256(item).hexdigest()
-        array = np.ascontiguousarray(_array(item))
-        digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.data)
-        return digest.hexdigest()
+        return content_key(item)
 
     @torch.no_grad()
     def build(self, items: Sequence[Any], preprocess: Callable[[list], dict[str, Any]]) -> None:

@@ -17,11 +17,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from .configuration import SpliceConfig
 from .injection import cross_attention_parameters, find_decoder_layers
 from .modeling import EncoderDecoderModel, SpeechEncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
+from .smallcap import SmallCapModel
 
 FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -30,7 +31,13 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 # Name fragments of the cross-attention that decoders build themselves with `add_cross_attention=True`: GPT-2
 # `crossattention` / `ln_cross_attn`, BERT-likes `crossattention`, BART / TrOCR `encoder_attn(_layer_norm)`.
 _NATIVE_CROSS_ATTENTION = ("crossattention", "cross_attn", "encoder_attn")
-_MODEL_CLASSES = (SpliceModel, VisionEncoderDecoderModel, EncoderDecoderModel, SpeechEncoderDecoderModel)
+_MODEL_CLASSES = (
+    SpliceModel,
+    VisionEncoderDecoderModel,
+    EncoderDecoderModel,
+    SpeechEncoderDecoderModel,
+    SmallCapModel,
+)
 # Set by `apply_freeze_policy` / `apply_lora` on the model, so `save_adapter` can record how to rebuild it.
 _SETUP_ATTR = "_splice_training_setup"
 
@@ -286,7 +293,8 @@ def _build_base(adapter_config: dict[str, Any], model_class: type[SpliceModel]) 
         return model_class.from_pretrained(base)
     # The composite's own fields (conditioning, special tokens, ...) rebuild the same joining modules.
     splice_config = adapter_config["splice_config"]
-    own_fields = set(SpliceConfig.__annotations__) & set(SpliceConfig.__dataclass_fields__) - {"encoder", "decoder"}
+    own_fields = set(model_class.config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    own_fields -= {"encoder", "decoder"}
     fields = {key: splice_config[key] for key in own_fields if key in splice_config}
     return model_class.from_encoder_decoder_pretrained(base["encoder"], base["decoder"], **fields)
 
@@ -312,8 +320,8 @@ def load_adapter(directory: str | os.PathLike, model_class: type[SpliceModel] | 
     model = _build_base(adapter_config, model_class)
     if adapter_config["lora"] is not None:
         apply_lora(model, **adapter_config["lora"])
-    if adapter_config["freeze"] not in (None, _training_setup(model)["freeze"]):
-        apply_freeze_policy(model, adapter_config["freeze"])
+    if adapter_config["freeze"] is not None:
+        apply_freeze_policy(model, adapter_config["freeze"], verbose=False)
 
     weights_path = os.path.join(directory, ADAPTER_WEIGHTS_NAME)
     with safe_open(weights_path, framework="pt") as f:

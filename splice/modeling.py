@@ -126,6 +126,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
 
         self._build_conditioning()
         self._decoder_takes_position_ids = "position_ids" in inspect.signature(decoder.forward).parameters
+        self._encoder_takes_mask = "attention_mask" in inspect.signature(encoder.forward).parameters
         if config.tie_encoder_decoder:
             # Declared as tied weights, so transformers ties them, saves each once and re-ties them on load.
             self._tied_weights_keys = self._encoder_decoder_tied_keys()
@@ -368,6 +369,9 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
                 kwargs_decoder["config"].add_cross_attention = True
             decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **kwargs_decoder)
 
+        if kwargs.get("conditioning", "auto") == "auto" and cls.config_class.conditioning == "auto":
+            # The decoder as built decides: its own cross-attention if it has some (as in `__init__`).
+            kwargs["conditioning"] = "native" if _has_cross_attention(decoder) else "injected"
         config = cls.config_class.from_encoder_decoder_configs(encoder_tower(encoder).config, decoder.config, **kwargs)
         model = cls(config=config, encoder=encoder, decoder=decoder)
         if tokenizer is not None:
@@ -467,7 +471,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"No encoder input: pass `{self.main_input_name}` (or `encoder_outputs` computed beforehand)."
                 )
-            if attention_mask is not None and "attention_mask" in inspect.signature(self.encoder.forward).parameters:
+            if attention_mask is not None and self._encoder_takes_mask:
                 kwargs["attention_mask"] = attention_mask
             encoder_outputs = self.encoder(**encoder_inputs, **shared, return_dict=True, **kwargs)
         elif isinstance(encoder_outputs, tuple):
@@ -486,7 +490,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
                     # Position 0 is the start token; position t reads label t-1, padding where that label is -100.
                     decoder_attention_mask = torch.ones_like(labels)
                     decoder_attention_mask[:, 1:] = (labels[:, :-1] != -100).long()
-        if decoder_input_ids is not None:
+        if decoder_input_ids is not None and not decoding:  # decoding steps feed back ids the model produced
             self._check_ids("decoder_input_ids", decoder_input_ids)
 
         if (

@@ -592,8 +592,11 @@ def datastore_query_command(args: argparse.Namespace) -> None:
     from .cli import _expand_inputs
 
     name = args.embedder or read_datastore_meta(args.datastore)["embedder"].get("name_or_path")
-    if name is None:
-        raise SystemExit("splice datastore query: the datastore's embedder is not a checkpoint; pass --embedder")
+    if name == FROZEN_ENCODER_EMBEDDER:
+        raise SystemExit(
+            "splice datastore query: this datastore's keys come from a captioner's frozen encoder; query it with "
+            "`splice caption MODEL IMAGES --datastore DIR`, or build one with a CLIP checkpoint (--embedder)."
+        )
     datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name))
     paths = _expand_inputs(args.images)
     for path, captions in zip(paths, datastore.retrieve_for_images(paths, args.k, batch_size=args.batch_size)):

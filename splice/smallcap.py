@@ -73,6 +73,12 @@ class SmallCapConfig(VisionEncoderDecoderConfig):
             raise ValueError(
                 f"cross_attention_reduce_factor={self.cross_attention_reduce_factor}; SmallCap uses 1, 2, 4, 8 or 16."
             )
+        reduced = self.cross_attention_reduce_factor != 1
+        if self.conditioning == "native" and not _is_gpt2_style(self.decoder) and reduced:
+            raise ValueError(
+                f"cross_attention_reduce_factor={self.cross_attention_reduce_factor} with conditioning='native' needs "
+                f"a GPT-2 decoder (got {self.decoder.model_type}); use conditioning='injected' (the default for it)."
+            )
         if "{captions}" not in self.prompt_template:
             raise ValueError(f"prompt_template={self.prompt_template!r} must contain '{{captions}}'.")
 
@@ -130,6 +136,14 @@ class SmallCapModel(VisionEncoderDecoderModel):
         from .freezing import apply_freeze_policy
 
         apply_freeze_policy(self, "encoder+decoder", verbose=False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> SmallCapModel:
+        model = super().from_pretrained(*args, **kwargs)
+        from .freezing import apply_freeze_policy
+
+        apply_freeze_policy(model, "encoder+decoder", verbose=False)  # loading makes every weight trainable again
+        return model
 
     def _build_conditioning(self) -> None:
         super()._build_conditioning()

@@ -226,7 +226,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     Returns:
         The held-out metrics (all references per item).
     """
-    from .freezing import apply_freeze_policy, apply_lora
+    from .freezing import apply_freeze_policy, apply_lora, trainable_counts
     from .metrics import build_compute_metrics
 
     torch.manual_seed(config.seed)
@@ -241,7 +241,8 @@ def train(config: TrainConfig) -> dict[str, float]:
     freeze = config.freeze or ("encoder+decoder" if config.preset == "smallcap" else "none")
     counts = apply_freeze_policy(model, freeze)
     if config.lora_rank:
-        model = apply_lora(model, r=config.lora_rank)
+        model = apply_lora(model, r=config.lora_rank)  # LoRA trains with the conditioning layers only
+        freeze, counts = "encoder+decoder", trainable_counts(model, verbose=False)
 
     image_processor = build_image_processor(config, model) if task != "text" else None
     collator = SpliceCollator.for_model(model, tokenizer, image_processor)
@@ -302,9 +303,11 @@ def train(config: TrainConfig) -> dict[str, float]:
 def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], config: TrainConfig) -> None:
     """SmallCap: give every record the captions retrieved for its image and the prompt built from them.
 
-    Training images never see their own captions (they are excluded by group); retrieval runs once per image and
-    datastore, cached next to the run.
+    With the datastore built here from the training captions, a training image never sees its own captions (excluded
+    by group); an external datastore excludes them only where records carry the matching `"group"`. Retrieval runs
+    once per image and datastore, cached next to the run.
     """
+    from .feature_cache import content_key
     from .retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
 
     if config.retrieval_k == 0:
@@ -326,9 +329,9 @@ def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], 
             datastore = Datastore.build(captions, embedder, caption_groups, keys="image", images=images)
     model.datastore = datastore
     cache = Path(config.output_dir) / "retrieved.json"
-    for subset, exclude, name in ((records, groups, "train"), (eval_records, None, "eval")):
-        keys = [f"{name}-{i}" for i in range(len(subset))]
+    for subset, exclude in ((records, groups), (eval_records, None)):
         images = [r["image"] for r in subset]
+        keys = [content_key(image) for image in images]  # by content: a changed data set never reuses stale hits
         retrieved = retrieve_cached(datastore, images, keys, config.retrieval_k, exclude, cache)
         for record, captions in zip(subset, retrieved):
             record["retrieved"] = captions

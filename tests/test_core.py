@@ -304,3 +304,13 @@ def test_generation_settings_stay_readable_and_later_edits_win():
     assert model.generate(PIXELS).shape[1] == 4
     model.config.max_length = 5  # ...and a later edit of the config is mirrored again
     assert model.generate(PIXELS).shape[1] <= 5 and model.generation_config.max_length == 5
+
+
+def test_reassigning_a_generation_setting_on_the_config_mirrors_it_again():
+    model = vision_model()
+    model.config.max_length = 5
+    model.generate(PIXELS)
+    model.generation_config.max_length = 7
+    model.config.max_length = 5  # the same value as before, assigned again: the latest edit wins
+    model.generate(PIXELS)
+    assert model.generation_config.max_length == 5

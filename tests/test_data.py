@@ -112,3 +112,10 @@ def test_collator_prompt_is_fed_but_not_scored(tokenizer):
     assert batch["decoder_attention_mask"].tolist() == [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, -100, -100, 4, 5, 6, 2], [4, 7, 8, 2, -100, -100, -100]]
     assert torch.equal(batch["input_ids"], torch.tensor([[3], [3]]))  # "x" is unknown to this vocabulary
+
+
+def test_prompted_targets_pad_with_eos_when_the_tokenizer_has_no_pad_token(tokenizer):
+    tokenizer.pad_token = None  # as GPT-2's tokenizer
+    collator = SpliceCollator(tokenizer, decoder_start_token_id=1, eos_token_id=2)
+    batch = collator.targets([{"text": "a", "prompt": "similar images show"}, {"text": "a red"}])
+    assert batch["decoder_input_ids"].tolist() == [[1, 9, 10, 11, 4], [1, 4, 5, 2, 2]]

@@ -98,6 +98,9 @@ def test_from_encoder_decoder_pretrained_with_a_full_clip_checkpoint(tmp_path):
     model.save_pretrained(tmp_path / "smallcap")
     reloaded = T.AutoModelForImageTextToText.from_pretrained(tmp_path / "smallcap").eval()
     assert type(reloaded) is SmallCapModel
+    assert {n for n, p in reloaded.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }  # still only the cross-attention trains
     assert torch.equal(reloaded(pixel_values=pixels, decoder_input_ids=ids).logits, before)
 
 
@@ -138,3 +141,71 @@ def test_bad_preset_values_are_explained():
         SmallCapConfig.from_encoder_decoder_configs(vision, dec, cross_attention_reduce_factor=3)
     with pytest.raises(ValueError, match="must contain"):
         SmallCapConfig.from_encoder_decoder_configs(vision, dec, prompt_template="no slot")
+
+
+def test_adapter_only_checkpoint_of_a_smallcap_model(tmp_path):
+    from splice.freezing import apply_freeze_policy, load_adapter, save_adapter
+
+    model, _ = tiny_model()
+    model.save_pretrained(tmp_path / "base")
+    apply_freeze_policy(model, "encoder+decoder", verbose=False)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).add_(0.5)  # "trained"
+    save_adapter(model, tmp_path / "adapter", base=str(tmp_path / "base"))
+    reloaded = load_adapter(tmp_path / "adapter").eval()
+    assert type(reloaded) is SmallCapModel and reloaded.config.prompt_template == model.config.prompt_template
+    ids, pixels = torch.tensor([[1, 5, 6]]), torch.randn(1, 3, 32, 32)
+    assert torch.equal(
+        reloaded(pixel_values=pixels, decoder_input_ids=ids).logits,
+        model(pixel_values=pixels, decoder_input_ids=ids).logits,
+    )
+
+
+def test_smallcap_preset_trains_saves_its_datastore_and_evaluates_with_it(tmp_path, capsys):
+    import json
+
+    from splice.cli import main
+
+    encoder = {
+        "model_type": "vit",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    decoder = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 128}
+    main(
+        [
+            "train",
+            "--preset",
+            "smallcap",
+            "--encoder",
+            json.dumps(encoder),
+            "--decoder",
+            json.dumps(decoder),
+            "--n-train",
+            "12",
+            "--n-eval",
+            "4",
+            "--batch-size",
+            "6",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--data-options",
+            '{"domain": "b"}',
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    model = SmallCapModel.from_pretrained(tmp_path)
+    assert (tmp_path / "datastore" / "index.faiss").exists() and model.config.retrieval_k == 4
+    assert json.loads((tmp_path / "eval_metrics.json").read_text())["trainable_parameters"] == sum(
+        p.numel() for n, p in model.named_parameters() if "crossattention" in n and "ln_" not in n
+    )
+    capsys.readouterr()
+    main(["eval", str(tmp_path), "builtin:shapes", "--n", "4"])
+    assert "cider" in json.loads(capsys.readouterr().out)
