@@ -125,6 +125,11 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             self.main_input_name = encoder.main_input_name
 
         self._build_conditioning()
+        # Modules splice adds live where the decoder lives (a pretrained decoder may be bf16, or on a GPU).
+        reference = next(decoder.parameters())
+        for name in ("enc_to_dec_proj", "prefix_projector"):
+            if hasattr(self, name):
+                getattr(self, name).to(device=reference.device, dtype=reference.dtype)
         self._decoder_takes_position_ids = "position_ids" in inspect.signature(decoder.forward).parameters
         self._encoder_takes_mask = "attention_mask" in inspect.signature(encoder.forward).parameters
         if config.tie_encoder_decoder:

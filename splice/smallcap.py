@@ -105,9 +105,10 @@ def reduce_gpt2_cross_attention(decoder: torch.nn.Module, reduce_factor: int) ->
                 f"cross_attention_reduce_factor={reduce_factor} leaves {inner} dimensions for {module.num_heads} "
                 "heads; choose a factor that keeps the width divisible by the head count."
             )
-        module.q_attn = Conv1D(inner, width)  # q: D -> D/r
-        module.c_attn = Conv1D(2 * inner, width)  # k, v: D -> 2 D/r
-        module.c_proj = Conv1D(width, inner)  # out: D/r -> D
+        place = {"device": module.c_proj.weight.device, "dtype": module.c_proj.weight.dtype}
+        module.q_attn = Conv1D(inner, width).to(**place)  # q: D -> D/r
+        module.c_attn = Conv1D(2 * inner, width).to(**place)  # k, v: D -> 2 D/r
+        module.c_proj = Conv1D(width, inner).to(**place)  # out: D/r -> D
         module.split_size = inner
         module.head_dim = inner // module.num_heads
         module.scaling = module.head_dim**-0.5 if module.scale_attn_weights else 1.0
