@@ -21,7 +21,13 @@ from transformers import PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from .injection import cross_attention_parameters, find_decoder_layers
-from .modeling import EncoderDecoderModel, SpeechEncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
+from .modeling import (
+    CROSS_ATTENTION_NAMES,
+    EncoderDecoderModel,
+    SpeechEncoderDecoderModel,
+    SpliceModel,
+    VisionEncoderDecoderModel,
+)
 from .smallcap import SmallCapModel
 
 FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
@@ -30,7 +36,6 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 
 # Name fragments of the cross-attention that decoders build themselves with `add_cross_attention=True`: GPT-2
 # `crossattention` / `ln_cross_attn`, BERT-likes `crossattention`, BART / TrOCR `encoder_attn(_layer_norm)`.
-_NATIVE_CROSS_ATTENTION = ("crossattention", "cross_attn", "encoder_attn")
 _MODEL_CLASSES = (
     SpliceModel,
     VisionEncoderDecoderModel,
@@ -69,7 +74,7 @@ def conditioning_parameter_names(model: SpliceModel) -> set[str]:
 
 
 def _is_native_cross_attention(name: str) -> bool:
-    return any(fragment in part for part in name.split(".") for fragment in _NATIVE_CROSS_ATTENTION)
+    return any(fragment in part for part in name.split(".") for fragment in CROSS_ATTENTION_NAMES)
 
 
 def _is_norm(name: str) -> bool:

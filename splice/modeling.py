@@ -59,10 +59,14 @@ def _self_attention_cache(past_key_values: Cache | None) -> Cache | None:
     return past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else past_key_values
 
 
+# How the decoder families with native cross-attention name those modules (GPT-2, BERT: crossattention; BART, TrOCR:
+# encoder_attn).
+CROSS_ATTENTION_NAMES = ("crossattention", "cross_attn", "encoder_attn")
+
+
 def _has_cross_attention(decoder: nn.Module) -> bool:
     accepts = "encoder_hidden_states" in inspect.signature(decoder.forward).parameters
-    names = ("crossattention", "encoder_attn", "cross_attn")
-    return accepts and any(any(n in name for n in names) for name, _ in decoder.named_modules())
+    return accepts and any(any(n in name for n in CROSS_ATTENTION_NAMES) for name, _ in decoder.named_modules())
 
 
 class SpliceModel(PreTrainedModel, GenerationMixin):

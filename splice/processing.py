@@ -58,12 +58,13 @@ class SpliceProcessor(ProcessorMixin):
             features["labels"] = self.tokenizer(targets, return_tensors=return_tensors, **kwargs)["input_ids"]
         return BatchFeature(features)
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
-        """Decode ids to strings; -100 decodes as padding (see `decode_ids`)."""
+    def batch_decode(self, sequences: Any) -> list[str]:
+        """Decode ids to strings, special tokens skipped; -100 decodes as padding (see `decode_predictions`)."""
         return decode_predictions(self.tokenizer, sequences)
 
-    def decode(self, ids: Any, skip_special_tokens: bool = True, **kwargs: Any) -> str:
-        return self.batch_decode([ids], skip_special_tokens=skip_special_tokens, **kwargs)[0]
+    def decode(self, ids: Any) -> str:
+        """Decode one sequence of ids (see `batch_decode`)."""
+        return self.batch_decode([ids])[0]
 
     @property
     def model_input_names(self) -> list[str]:
