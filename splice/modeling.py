@@ -308,9 +308,11 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         if generation_config is not None:
             passed = {f: getattr(generation_config, f, None) for f in SPECIAL_TOKENS} | passed
         validate_token_ids(passed, self.config.decoder.vocab_size, dict.fromkeys(passed, "generate() arguments"))
+        self.__dict__["_generating"] = True
         try:
             return super().generate(inputs, generation_config=generation_config, **kwargs)
         finally:  # drop this call's encoder states (and injected keys/values): no memory held, nothing stale
+            self.__dict__["_generating"] = False
             self.__dict__.pop("_kept_states", None)
             if self.config.conditioning == "injected":
                 self._cross_attention_context.clear()
@@ -571,18 +573,18 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
     def _decoder_side_states(self, encoder_output: torch.Tensor, attention_mask: torch.Tensor | None, reuse: bool):
         """Token states and mask for the decoder side, computed once per `generate` call.
 
-        `generate` passes the same encoder output at every step. The first step (empty cache) computes the adapted
-        states and, without grad, keeps them; later steps of that decode (`reuse`) take them back, so projections (and
-        the injected blocks' keys/values, cached per states tensor) are not recomputed per token.
+        `generate` passes the same encoder output at every step. Inside `generate` the first step (empty cache)
+        computes the adapted states and keeps them; later steps (`reuse`) take them back, so projections (and the
+        injected blocks' keys/values, cached per states tensor) are not recomputed per token. Outside `generate`
+        nothing is kept.
         """
         kept = self.__dict__.get("_kept_states")
         if reuse and kept is not None and kept[0] is encoder_output and kept[1] is attention_mask:
             return kept[2], kept[3]
         states = as_token_states(encoder_output)  # [B, S, E]
         states, mask = self.adapt_encoder_states(states, self._encoder_attention_mask(attention_mask, states))
-        self.__dict__["_kept_states"] = (
-            None if torch.is_grad_enabled() else (encoder_output, attention_mask, states, mask)
-        )
+        generating = self.__dict__.get("_generating", False) and not torch.is_grad_enabled()
+        self.__dict__["_kept_states"] = (encoder_output, attention_mask, states, mask) if generating else None
         return states, mask
 
     def _decode_native(self, encoder_hidden_states, encoder_attention_mask, **decoder_kwargs):
@@ -595,6 +597,8 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         # distinct states tensor, i.e. once per `generate` call (the same encoder output is passed at every step).
         self._cross_attention_context.set(encoder_hidden_states, encoder_attention_mask)
         outputs = self.decoder(past_key_values=_self_attention_cache(past_key_values), **decoder_kwargs)
+        if not self.__dict__.get("_generating", False):  # outside generate nothing is reused: hold no states
+            self._cross_attention_context.clear()
         if past_key_values is not None:
             outputs.past_key_values = past_key_values
         return outputs

@@ -314,3 +314,17 @@ def test_reassigning_a_generation_setting_on_the_config_mirrors_it_again():
     model.config.max_length = 5  # the same value as before, assigned again: the latest edit wins
     model.generate(PIXELS)
     assert model.generation_config.max_length == 5
+
+
+def test_no_encoder_states_are_held_after_a_forward_or_a_generate():
+    llama = T.LlamaConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=99, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(vit_config(), llama)).eval()
+    assert model.config.conditioning == "injected"
+    with torch.no_grad():
+        model(pixel_values=PIXELS, decoder_input_ids=torch.tensor([[1, 5]] * 2))
+    assert model._cross_attention_context.encoder_hidden_states is None and model.__dict__["_kept_states"] is None
+    model.generate(PIXELS, max_new_tokens=3)
+    assert model._cross_attention_context.encoder_hidden_states is None and "_kept_states" not in model.__dict__
