@@ -28,6 +28,7 @@ from tiny import (  # noqa: E402
     TEXT_ENCODERS,
     VISION_ENCODERS,
     labels,
+    mkldnn_enabled,
     pixel_values,
     randomize,
     text_inputs,
@@ -220,7 +221,7 @@ def test_generate_greedy_and_beam(kind, enc, dec, onednn):
     # Scores are compared as well as ids: random decoders often settle on repeating a token, and equal ids alone
     # would then say little; the per-step scores (cached decoding, the path training never takes) must agree too.
     scored = {"output_scores": True, "return_dict_in_generate": True}
-    with torch.backends.mkldnn.flags(enabled=onednn):
+    with mkldnn_enabled(onednn):
         expected = _generate(pair.oracle, pair.inputs, **scored)
         got = _generate(pair.model, pair.inputs, **scored)
     print(f"[{pair.name}] greedy: {got.sequences.tolist()}")
@@ -238,7 +239,7 @@ def test_generate_greedy_and_beam(kind, enc, dec, onednn):
         assert len(set(ids[:, 1:].flatten().tolist())) > 2, ids.tolist()
         assert not torch.equal(ids[0], ids[1]), ids.tolist()
 
-    with torch.backends.mkldnn.flags(enabled=onednn):
+    with mkldnn_enabled(onednn):
         expected = _generate(pair.oracle, pair.inputs, num_beams=3, **scored)
         got = _generate(pair.model, pair.inputs, num_beams=3, **scored)
     assert torch.equal(got.sequences, expected.sequences), (got.sequences.tolist(), expected.sequences.tolist())

@@ -6,13 +6,27 @@ Everything here is offline: configs are built in code, never fetched from the hu
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
+
+
+@contextlib.contextmanager
+def mkldnn_enabled(enabled: bool) -> Iterator[None]:
+    """PyTorch's oneDNN switch, set for a block (`torch.backends.mkldnn.flags` also sets TF32 and warns about it)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
 
 HIDDEN = 32
 LAYERS = 2
