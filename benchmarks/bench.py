@@ -137,14 +137,14 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(
-    reference: Callable[[], Any], spliced: Callable[[], Any], repeats: int, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """Alternate the arms so that drift (other load, thermal state) hits both alike; the caller warms both up."""
-    times: tuple[list[float], list[float]] = ([], [])
+def interleaved(*args: Any) -> tuple[list[float], ...]:
+    """`interleaved(arm, arm, ..., repeats, device)`: alternate the arms so that drift (other load, thermal state) hits
+    them alike; the caller warms them up."""
+    *arms, repeats, device = args
+    times: tuple[list[float], ...] = tuple([] for _ in arms)
     for _ in range(repeats):
-        times[0].append(timed(reference, device))
-        times[1].append(timed(spliced, device))
+        for arm, samples in zip(arms, times):
+            samples.append(timed(arm, device))
     return times
 
 
@@ -422,21 +422,36 @@ GENERATION_CASES = (("greedy-1", 1, 1), ("greedy-8", 8, 1), ("greedy-32", 32, 1)
 
 @torch.no_grad()
 def bench_generate(size_name: str, hf: nn.Module, sp: nn.Module, args: argparse.Namespace) -> list[Row]:
+    """Each row also times splice with PyTorch's oneDNN switch off, which leaves the cross-attention reorder saving as
+    the only difference (the LM head goes back to `F.linear`): the split of the gain between the two fast paths."""
     rows = []
     for key, batch, beams in GENERATION_CASES:
         pixel_values = pixels(batch, DTYPES[args.dtype], seed=4).to(args.device)
         kwargs = generate_kwargs(args.max_new_tokens, beams)
         name = f"generate {'greedy' if beams == 1 else f'beam-{beams}'}, batch {batch}, {args.max_new_tokens} tokens"
-        # The parity call doubles as the warm-up of each arm.
-        ids = hf.generate(pixel_values, **kwargs), sp.generate(pixel_values, **kwargs)
-        require_same_ids(f"[{size_name}] {name}", *ids, 1 + args.max_new_tokens)
-        times = interleaved(
+
+        def without_onednn(pv=pixel_values, kw=kwargs) -> torch.Tensor:
+            before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+            try:
+                return sp.generate(pv, **kw)
+            finally:
+                torch.backends.mkldnn.enabled = before
+
+        # The parity calls double as the warm-up of each arm.
+        ids = hf.generate(pixel_values, **kwargs)
+        require_same_ids(f"[{size_name}] {name}", ids, sp.generate(pixel_values, **kwargs), 1 + args.max_new_tokens)
+        require_same_ids(f"[{size_name}] {name}, oneDNN off", ids, without_onednn(), 1 + args.max_new_tokens)
+        reference, spliced, off = interleaved(
             lambda pv=pixel_values, kw=kwargs: hf.generate(pv, **kw),
             lambda pv=pixel_values, kw=kwargs: sp.generate(pv, **kw),
+            without_onednn,
             args.repeats,
             args.device,
         )
-        rows.append(Row(size_name, key, name, *times, TARGETS.get(key)))
+        ratio_off = statistics.median(reference) / statistics.median(off)
+        extra = {"splice_onednn_off_seconds": off, "ratio_onednn_off": ratio_off}
+        rows.append(Row(size_name, key, name, reference, spliced, TARGETS.get(key), extra))
     return rows
 
 
@@ -557,6 +572,12 @@ def notes(rows: list[Row]) -> str:
         if row.key == "frozen":
             build = statistics.median(row.extra["cache_build_seconds"])
             lines.append(f"[{row.size}] splice's two-epoch time includes building the feature cache ({build:.3f} s).")
+    split = [r for r in rows if "ratio_onednn_off" in r.extra]
+    if split:
+        lines.append(
+            "Generation with oneDNN off (LM head on F.linear; beam search still skips the cross-attention reorder), "
+            "ratio: " + "; ".join(f"{r.size} {r.key} {r.extra['ratio_onednn_off']:.2f}" for r in split) + "."
+        )
     busy = [r for r in rows if r.load_after is not None and r.load_after > torch.get_num_threads() + 1]
     if busy:
         lines.append(
