@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers as T
-from tiny import randomize
+from tiny import llama_config, randomize
 from transformers.utils import logging as hf_logging
 
 import splice
@@ -156,21 +156,6 @@ def gpt2_config(**kw) -> T.GPT2Config:
         pad_token_id=PAD,
     )
     return T.GPT2Config(**(base | kw))
-
-
-def llama_config() -> T.LlamaConfig:
-    return T.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
 
 
 def bert_decoder_config() -> T.BertConfig:

@@ -7,8 +7,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
-from tiny import BOS, EOS, PAD, VOCAB, gpt2_config, mkldnn_enabled, pixel_values, randomize, vit_config  # noqa: E402
+from tiny import gpt2_config, llama_config, mkldnn_enabled, pixel_values, randomize, vit_config  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: E402
 
@@ -16,21 +15,6 @@ import splice  # noqa: E402
 from splice.onednn import OneDNNLinear, onednn_available, onednn_lm_head  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="oneDNN linears need an x86 CPU build with oneDNN")
-
-
-def llama_config() -> transformers.LlamaConfig:
-    return transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
 
 
 def spliced(decoder_config, **kw) -> splice.VisionEncoderDecoderModel:

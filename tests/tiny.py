@@ -126,6 +126,22 @@ def gpt2_config() -> transformers.GPT2Config:
     )
 
 
+def llama_config() -> transformers.LlamaConfig:
+    # Not a native cross-attention family: spliced with injected or prefix conditioning.
+    return transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+
+
 def bert_decoder_config() -> transformers.BertConfig:
     # BERT has no bos/eos of its own: left unset, so generation runs to the length limit (no-eos path).
     return transformers.BertConfig(**_TEXT, pad_token_id=PAD)
