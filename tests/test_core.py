@@ -3,20 +3,9 @@
 import pytest
 import torch
 import transformers as T
+from tiny import vit_config
 
 import splice
-
-
-def vit_config(**kw):
-    return T.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=30,
-        patch_size=10,
-        **kw,
-    )
 
 
 def gpt2_config(**kw):

@@ -4,6 +4,7 @@ import copy
 
 import numpy as np
 import pytest
+import tiny
 import torch
 import transformers as T
 from PIL import Image
@@ -14,15 +15,7 @@ from splice.freezing import apply_freeze_policy
 
 
 def vit_config(**kw):
-    return T.ViTConfig(
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=30,
-        patch_size=10,
-        **kw,
-    )
+    return tiny.vit_config(hidden_size=24, **kw)
 
 
 def vit(seed=0, **kw):

@@ -60,8 +60,8 @@ _VIT = {
 # encoders
 
 
-def vit_config() -> transformers.ViTConfig:
-    return transformers.ViTConfig(**_VIT)
+def vit_config(**overrides) -> transformers.ViTConfig:
+    return transformers.ViTConfig(**(_VIT | overrides))
 
 
 def deit_config() -> transformers.DeiTConfig:
