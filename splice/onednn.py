@@ -1,7 +1,7 @@
 """The LM head on oneDNN while generating on a CPU.
 
 A decode step multiplies a few rows of hidden states by the LM head, a [vocab, hidden] weight far larger than the CPU's
-caches (GPT-2's: 50,257 x 768 floats, 154 MB), so the step is bound by streaming that weight from memory. On x86 CPUs
+caches (GPT-2's: 50,257 x 768 floats, 154 MB), so that product is bound by streaming the weight from memory. On x86 CPUs
 PyTorch sends float32 `F.linear` to MKL's GEMM, which on these skinny shapes reaches well under the memory bandwidth;
 oneDNN's matmul on the *same, unpacked* weight is about 2x faster (benchmarks/README.md has the measurements). Nothing
 is packed or copied, so nothing can go stale when weights change (an in-place write through `.data` does not bump a
@@ -9,8 +9,8 @@ tensor's version counter, so a packed copy could not be trusted).
 
 Only the head is switched: its logits differ from `F.linear`'s by the rounding of one dot product (oneDNN sums in
 another order; about 3e-7 relative in the tests), and generated ids are identical. Switching every linear layer was
-measured too: the decoder's later layers amplify the rounding (up to 6e-5 relative on tiny random decoders) for a
-small further gain. `torch.backends.mkldnn.flags(enabled=False)` (PyTorch's own switch) turns this off.
+measured too: no clear further gain, and the decoder's later layers amplify the rounding (up to 6e-5 relative on tiny
+random decoders). `torch.backends.mkldnn.enabled = False` (PyTorch's own switch) turns this off.
 
 The head is wrapped PEFT style (`OneDNNLinear(base_layer)`) for the duration of a block and put back afterwards, so
 checkpoints and state dicts never see it.
