@@ -20,10 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-try:  # private API, only used to keep `output_hidden_states` exact; everything else works without it
-    from transformers.utils.output_capturing import _active_collector
-except ImportError:  # pragma: no cover - depends on the transformers version
-    _active_collector = None
+from ._compat import active_output_collector
 
 
 _NUM_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -324,7 +321,7 @@ class GatedCrossAttention(nn.Module):
 def _replace_recorded_hidden_state(old: torch.Tensor, new: torch.Tensor) -> None:
     # transformers v5 records `output_hidden_states` with forward hooks on the decoder-layer class, which now sits
     # inside the wrapper as `base_layer`: swap the just-recorded base output for the wrapper's output.
-    collected = _active_collector.get() if _active_collector is not None else None
+    collected = active_output_collector.get() if active_output_collector is not None else None
     recorded = collected.get("hidden_states") if isinstance(collected, dict) else None
     if recorded and recorded[-1] is old:
         recorded[-1] = new

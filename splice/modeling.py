@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils import logging
 
+from ._compat import COMPATIBILITY_HINT, TRANSFORMERS_VERSION, cache_kwargs, output_cache, pop_cache
 from .configuration import (
     EncoderDecoderConfig,
     SpeechEncoderDecoderConfig,
@@ -55,9 +56,9 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_s
     return shifted.masked_fill_(shifted == -100, pad_token_id)
 
 
-def _self_attention_cache(past_key_values: Cache | None) -> Cache | None:
+def _self_attention_cache(cache: Cache | None) -> Cache | None:
     """The decoder's own cache: `generate` wraps it in an `EncoderDecoderCache`, which decoder-only LMs do not take."""
-    return past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else past_key_values
+    return cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
 
 
 # How the decoder families with native cross-attention name those modules (GPT-2, BERT: crossattention; BART, TrOCR:
@@ -319,7 +320,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             if self.config.conditioning == "injected":
                 self._cross_attention_context.clear()
 
-    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.Tensor) -> Cache:
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
         """Beam search's per-step cache reorder, minus the cross-attention keys/values.
 
         Those are projections of the encoder states, which `generate` repeats per beam, so every beam of an input holds
@@ -327,8 +328,31 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         that costs a copy of [batch x beams, heads, source length, head dim] per layer and step (half of transformers'
         beam-4 decoding time at the benchmark's `small` size, in a profile).
         """
-        _self_attention_cache(past_key_values).reorder_cache(beam_idx)
-        return past_key_values
+        _self_attention_cache(cache).reorder_cache(beam_idx)
+        return cache
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict[str, Any]:
+        """transformers' step inputs, checked: the cache must hold every token that is not fed again.
+
+        `generate` feeds only the new tokens once the cache holds the earlier ones. A cache that did not advance (it
+        reached the model under a name the model does not read, or came back under one `generate` does not read) would
+        make every step attend to the last token alone: wrong text, no error. This makes that loud.
+        """
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        fed = model_inputs.get("decoder_input_ids")
+        cache = pop_cache(dict(model_inputs))
+        expected = input_ids.shape[1] - (fed.shape[1] if fed is not None else input_ids.shape[1])
+        held = cache.get_seq_length() if cache is not None else 0
+        if expected > 0 and self.config.conditioning == "prefix":  # the cache holds the prefix before the text
+            states, mask = self._decoder_side_states(kwargs["encoder_outputs"][0], kwargs.get("attention_mask"), True)
+            expected += self.prefix_projector.prefix_mask(states, mask).shape[1]
+        if expected > 0 and held < expected:
+            raise RuntimeError(
+                f"Generation is broken with transformers {TRANSFORMERS_VERSION}: this step feeds "
+                f"{fed.shape[1]} new token(s) after {expected} earlier ones, but the cache holds {held}, so the model "
+                f"would read the new tokens without their context and produce wrong text. {COMPATIBILITY_HINT}"
+            )
+        return model_inputs
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         self._sync_generation_config()
@@ -482,6 +506,8 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        kwargs["past_key_values"] = past_key_values
+        cache = pop_cache(kwargs)  # `cache` since transformers 5.24, `past_key_values` before; both accepted
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         kwargs_decoder = {k[len("decoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder_")}
         shared = {
@@ -489,6 +515,12 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             for k, v in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states))
             if v is not None
         }
+        stray = sorted(k for k, v in {**kwargs, **kwargs_decoder}.items() if isinstance(v, Cache))
+        if stray:  # a cache under a name splice does not know would go to the encoder, unused: wrong text, silently
+            raise TypeError(
+                f"forward() got a cache as {stray}; splice takes it as `cache` or `past_key_values` (installed "
+                f"transformers {TRANSFORMERS_VERSION}). {COMPATIBILITY_HINT}"
+            )
 
         if encoder_outputs is None:
             if not encoder_inputs:
@@ -501,7 +533,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         elif isinstance(encoder_outputs, tuple):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
-        decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        decoding = cache is not None and cache.get_seq_length() > 0
         encoder_hidden_states, encoder_attention_mask = self._decoder_side_states(
             encoder_outputs[0], attention_mask, reuse=decoding
         )
@@ -511,9 +543,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
                 if decoder_attention_mask is None:
-                    # Position 0 is the start token; position t reads label t-1, padding where that label is -100.
-                    decoder_attention_mask = torch.ones_like(labels)
-                    decoder_attention_mask[:, 1:] = (labels[:, :-1] != -100).long()
+                    decoder_attention_mask = self.decoder_attention_mask_from_labels(labels, decoder_input_ids)
         if decoder_input_ids is not None and not decoding:  # decoding steps feed back ids the model produced
             self._check_ids("decoder_input_ids", decoder_input_ids)
 
@@ -535,7 +565,7 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
             inputs_embeds=decoder_inputs_embeds,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             return_dict=True,
             **shared,
@@ -557,7 +587,8 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=decoder_outputs.logits,
-            past_key_values=decoder_outputs.past_key_values,
+            # The whole cache `generate` passed (an `EncoderDecoderCache` around the decoder's), so it flows back.
+            **cache_kwargs(cache if cache is not None else output_cache(decoder_outputs)),
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=getattr(decoder_outputs, "cross_attentions", None),
@@ -565,6 +596,17 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
             encoder_attentions=getattr(encoder_outputs, "attentions", None),
         )
+
+    def decoder_attention_mask_from_labels(self, labels: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder mask `[B, T]` when `decoder_input_ids` are built from `labels` and no mask is given.
+
+        Position 0 is the start token; position t reads label t-1 and is padding where that label is -100. (For right
+        padding this gives the loss of transformers' `VisionEncoderDecoderModel` / `SpeechEncoderDecoderModel`, which
+        build no mask: masked positions are only read by later, ignored ones.)
+        """
+        mask = torch.ones_like(labels)  # [B, T]
+        mask[:, 1:] = (labels[:, :-1] != -100).long()
+        return mask
 
     def adapt_encoder_states(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
@@ -600,20 +642,21 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         self.__dict__["_kept_states"] = (encoder_output, attention_mask, states, mask) if generating else None
         return states, mask
 
-    def _decode_native(self, encoder_hidden_states, encoder_attention_mask, **decoder_kwargs):
+    def _decode_native(self, encoder_hidden_states, encoder_attention_mask, cache=None, **decoder_kwargs):
         return self.decoder(
-            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask, **decoder_kwargs
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            **cache_kwargs(cache),
+            **decoder_kwargs,
         )
 
-    def _decode_injected(self, encoder_hidden_states, encoder_attention_mask, past_key_values=None, **decoder_kwargs):
+    def _decode_injected(self, encoder_hidden_states, encoder_attention_mask, cache=None, **decoder_kwargs):
         # The injected blocks read the encoder states from the context; their keys/values are projected once per
         # distinct states tensor, i.e. once per `generate` call (the same encoder output is passed at every step).
         self._cross_attention_context.set(encoder_hidden_states, encoder_attention_mask)
-        outputs = self.decoder(past_key_values=_self_attention_cache(past_key_values), **decoder_kwargs)
+        outputs = self.decoder(**cache_kwargs(_self_attention_cache(cache)), **decoder_kwargs)
         if not self.__dict__.get("_generating", False):  # outside generate nothing is reused: hold no states
             self._cross_attention_context.clear()
-        if past_key_values is not None:
-            outputs.past_key_values = past_key_values
         return outputs
 
     def _decode_prefix(
@@ -623,10 +666,10 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         inputs_embeds=None,
-        past_key_values=None,
+        cache=None,
         **decoder_kwargs,
     ):
-        cache = _self_attention_cache(past_key_values)
+        cache = _self_attention_cache(cache)
         past_length = cache.get_seq_length() if cache is not None else 0
         if inputs_embeds is None:
             inputs_embeds = self.decoder.get_input_embeddings()(input_ids)  # [B, T, D]
@@ -647,13 +690,11 @@ class SpliceModel(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=full_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             **decoder_kwargs,
         )
         if past_length == 0:
             outputs.logits = outputs.logits[:, prefix_length:]  # logits for the text positions only
-        if past_key_values is not None:
-            outputs.past_key_values = past_key_values
         return outputs
 
     def _encoder_attention_mask(self, attention_mask: torch.Tensor | None, states: torch.Tensor) -> torch.Tensor | None:
@@ -799,6 +840,19 @@ class EncoderDecoderModel(SpliceModel):
     config_class = EncoderDecoderConfig
     base_model_prefix = "encoder_decoder"
     main_input_name = "input_ids"
+
+    def decoder_attention_mask_from_labels(self, labels: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """transformers' `EncoderDecoderModel` rule: every decoder input equal to `pad_token_id` is masked (so labels
+        padded with the pad id, not -100, give transformers' loss) — except position 0, the start token.
+
+        When `decoder_start_token_id == pad_token_id` (GPT-2 style, pad = eos = bos) transformers also masks the start
+        token. splice keeps it visible: `generate` never masks it, and checkpoints trained with transformers'
+        `VisionEncoderDecoderModel` (vit-gpt2, TrOCR, which build no decoder mask) saw it in training; masking it would
+        train on a context the model never sees when generating (and leave position 0 attending to nothing).
+        """
+        mask = (decoder_input_ids != self.config.pad_token_id).long()  # [B, T]
+        mask[:, 0] = 1
+        return mask
 
     def forward(
         self,

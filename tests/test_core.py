@@ -222,7 +222,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
     plain = grads(model)
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     for part in (model.encoder, model.decoder):
         assert any(getattr(m, "gradient_checkpointing", False) for m in part.modules())
     checkpointed = grads(model)

@@ -304,7 +304,7 @@ def test_gradient_checkpointing(family):
         if checkpointing:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # the method is deprecated for an alias in v5
-                decoder.gradient_checkpointing_enable()
+                decoder.activation_checkpointing_enable()
             wrappers = [layer for _, layer in cross_attention_layers(decoder)]
             assert all(wrapper.base_layer.gradient_checkpointing for wrapper in wrappers)
         decoder.zero_grad()

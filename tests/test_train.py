@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -111,7 +110,7 @@ def test_distributed_two_processes_on_cpu(tmp_path, launcher):
     flags = ["train", "--encoder", json.dumps(ENCODER), "--decoder", json.dumps(DECODER), *SMALL]
     flags += ["--epochs", "1", "--output-dir", str(tmp_path)]
     if launcher == "torchrun":
-        command = [shutil.which("torchrun") or "torchrun", "--nproc_per_node", "2", "-m", "splice.cli", *flags]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "splice.cli", *flags]
     else:
         # `--cpu` would run one process; the distributed launcher on a machine without GPUs trains on CPU (gloo).
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]

@@ -1,0 +1,49 @@
+"""Every difference between the releases splice supports, in one place; no other module branches on a version.
+
+Each entry names the release that changed it. The supported range is `pyproject.toml`'s, tested by `.ci/run` at both
+ends (README, "Compatibility").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import transformers
+from transformers.modeling_outputs import Seq2SeqLMOutput
+
+TRANSFORMERS_VERSION = transformers.__version__
+
+# transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache`.
+CACHE_NAME = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+CACHE_NAMES = ("cache", "past_key_values")
+
+try:  # transformers 5.0 records `output_hidden_states` with hooks through this private collector
+    from transformers.utils.output_capturing import _active_collector as active_output_collector
+except ImportError:  # pragma: no cover - a release without it: hidden states are recorded without the swap
+    active_output_collector = None
+
+COMPATIBILITY_HINT = (
+    "See the README's 'Compatibility' section: install a tested transformers release "
+    "(`pip install 'transformers==<newest tested>'`) and report the failure with this message."
+)
+
+
+def pop_cache(kwargs: dict[str, Any]) -> Any:
+    """The cache passed under either name (`cache` since transformers 5.24, `past_key_values` before), removed from
+    `kwargs`; both at once is an error."""
+    given = {name: kwargs.pop(name) for name in CACHE_NAMES if kwargs.get(name) is not None}
+    for name in CACHE_NAMES:
+        kwargs.pop(name, None)
+    if len(given) > 1:
+        raise ValueError("Pass the cache as `cache` or as `past_key_values`, not both.")
+    return next(iter(given.values()), None)
+
+
+def cache_kwargs(cache: Any) -> dict[str, Any]:
+    """`{name: cache}` under the name the installed transformers' models take."""
+    return {CACHE_NAME: cache}
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache a transformers model output carries, under whichever name this release gives it."""
+    return outputs.get(CACHE_NAME)
