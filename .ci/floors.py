@@ -3,8 +3,9 @@ splice declares, which `.ci/run` installs in its second venv. A floor written in
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 project = tomllib.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml").read_text())["project"]
 requirements = list(project["dependencies"])

@@ -22,7 +22,6 @@ from transformers import PreTrainedModel
 
 from ._compat import active_output_collector
 
-
 _NUM_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 # OPT has `word_embed_proj_dim` for its embeddings, but its layers run at `hidden_size`, so `hidden_size` comes first.
 _HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model", "word_embed_proj_dim")
