@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
@@ -10,29 +10,13 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+from .conditioning import enable_cross_attention, resolve_conditioning
 
-CONDITIONINGS = ("native", "injected", "prefix", "auto")
+logger = logging.get_logger(__name__)
 
 # Generation settings that seed-era code (and SmallCap) writes onto `model.config`; transformers v5 refuses them there.
 # splice keeps them aside and the model mirrors them into its `generation_config`.
 _GENERATION_KEYS = frozenset(GenerationConfig._get_default_generation_params()) - {"use_cache"}
-
-
-def supports_native_cross_attention(decoder_config: PreTrainedConfig) -> bool:
-    """Whether the decoder's causal-LM class has cross-attention layers it can build (`add_cross_attention`)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    try:
-        decoder_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(decoder_config)]
-    except KeyError:
-        return False
-    return "encoder_hidden_states" in inspect.signature(decoder_class.forward).parameters
-
-
-def uses_native_cross_attention(conditioning: str, decoder_config: PreTrainedConfig) -> bool:
-    """Whether `conditioning` ("native", or "auto" on a decoder family that has cross-attention) means native."""
-    return conditioning == "native" or (conditioning == "auto" and supports_native_cross_attention(decoder_config))
 
 
 @strict
@@ -100,20 +84,20 @@ class SpliceConfig(PreTrainedConfig):
     tie_encoder_decoder: bool = False
     tie_word_embeddings: bool = False
 
+    # `model_type`s whose cross-attention "auto" uses; `None`: every decoder that has some (SmallCap: GPT-2 only).
+    native_families: ClassVar[Collection[str] | None] = None
+
+    @classmethod
+    def resolve_auto(cls, conditioning: str, decoder: Any) -> str:
+        """This composite's `conditioning`, "auto" resolved for `decoder` (an instance or a config)."""
+        return resolve_conditioning(conditioning, decoder, cls.native_families)
+
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(
-                f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}: 'native' uses the decoder's own "
-                "cross-attention, 'injected' adds splice's, 'prefix' prepends the encoder states to the decoder's "
-                "input, 'auto' picks native where the decoder has it, else injected."
-            )
-        if self.conditioning == "auto":
-            # Resolved once and saved, so loading a checkpoint never depends on guessing again.
-            self.conditioning = "native" if supports_native_cross_attention(self.decoder) else "injected"
+        # Resolved once and saved, so loading a checkpoint never depends on guessing again.
+        self.conditioning = self.resolve_auto(self.conditioning, self.decoder)
         if self.conditioning == "native":
-            self.decoder.is_decoder = True
-            self.decoder.add_cross_attention = True
+            enable_cross_attention(self.decoder)
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key in _GENERATION_KEYS and key not in self.__dataclass_fields__:
@@ -188,10 +172,9 @@ class SpliceConfig(PreTrainedConfig):
             decoder_config (`PreTrainedConfig`): the decoder's configuration.
             kwargs: composite fields (`conditioning`, special-token ids, ...).
         """
-        if uses_native_cross_attention(kwargs.get("conditioning", "auto"), decoder_config):
+        if cls.resolve_auto(kwargs.get("conditioning", "auto"), decoder_config) == "native":
             logger.info("Setting `is_decoder=True` and `add_cross_attention=True` on the decoder config")
-            decoder_config.is_decoder = True
-            decoder_config.add_cross_attention = True
+            enable_cross_attention(decoder_config)
         return cls(encoder=encoder_config.to_dict(), decoder=decoder_config.to_dict(), **kwargs)
 
 

@@ -43,7 +43,7 @@ def as_token_states(hidden: torch.Tensor) -> torch.Tensor:
     Convolutional encoders return feature maps `[B, E, H, W]`; each spatial position becomes one token.
     """
     if hidden.dim() == 4:
-        return hidden.flatten(2).transpose(1, 2)  # [B, E, H, W] -> [B, H*W, E]
+        return hidden.flatten(2).transpose(1, 2).contiguous()  # [B, E, H, W] -> [B, H*W, E], dense for `.view`
     if hidden.dim() != 3:
         raise ValueError(f"Encoder returned last_hidden_state of shape {tuple(hidden.shape)}; expected [B, S, E].")
     return hidden

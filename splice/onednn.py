@@ -12,17 +12,18 @@ another order; about 3e-7 relative in the tests), and generated ids are identica
 measured too: no clear further gain, and the decoder's later layers amplify the rounding (up to 6e-5 relative on tiny
 random decoders). `torch.backends.mkldnn.enabled = False` (PyTorch's own switch) turns this off.
 
-The head is wrapped PEFT style (`OneDNNLinear(base_layer)`) for the duration of a block and put back afterwards, so
-checkpoints and state dicts never see it.
+The head is swapped once, when the model is built, for a `OneDNNLinear` sharing its parameters:
+nothing in the module tree changes during `generate` (two threads may generate at once), and checkpoints never see
+it: the wrapper's state-dict keys are the layer's own. It takes oneDNN only for decoding-step shapes (one new position
+per row, no autograd); every other call is the plain layer's, so forward passes stay bit-identical to transformers'.
 """
 
 from __future__ import annotations
 
-import contextlib
 import platform
-from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _linear_pointwise = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
@@ -35,37 +36,35 @@ def onednn_available() -> bool:
     return _X86 and _linear_pointwise is not None and backend.is_available() and backend.enabled
 
 
-class OneDNNLinear(nn.Module):
-    """Runs `base_layer` (an `nn.Linear`) through oneDNN's matmul, without gradients.
+class OneDNNLinear(nn.Linear):
+    """An `nn.Linear` that runs through oneDNN's matmul on decoding steps, without gradients.
 
-    Falls back to `base_layer` itself where oneDNN would change the semantics: under autograd, under CPU autocast, or
-    for inputs of another dtype.
+    It shares the parameters of the layer it is made from (`weight` is that layer's `weight`, ties included), so its
+    state-dict keys are the layer's own. Everything else — training, autocast, other dtypes, several positions per
+    row, tracing by `torch.compile`, oneDNN switched off — is `F.linear`, exactly the layer's computation.
 
     Args:
-        base_layer (`nn.Linear`): the layer to run; its weight is read at every call, never copied.
+        base_layer (`nn.Linear`): the layer whose parameters to use; they are read at every call, never copied.
     """
 
     def __init__(self, base_layer: nn.Linear) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.weight = base_layer.weight
+        self.bias = base_layer.bias
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        weight = self.base_layer.weight  # [out, in]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., T, in] -> [..., T, out]
         if (
-            x.dtype != weight.dtype
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            x.dim() < 2
+            or x.shape[-2] != 1  # a decoding step feeds one new position per row
+            or x.dtype != self.weight.dtype
+            or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             or torch.is_autocast_enabled("cpu")
+            or torch.compiler.is_compiling()
+            or not onednn_available()
         ):
-            return self.base_layer(x)
-        return _linear_pointwise(x, weight, self.base_layer.bias, "none", [], "")
+            return F.linear(x, self.weight, self.bias)
+        return _linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
 def _eligible(module: nn.Module) -> bool:
@@ -78,27 +77,18 @@ def _eligible(module: nn.Module) -> bool:
     return module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
 
 
-@contextlib.contextmanager
-def onednn_lm_head(model: nn.Module) -> Iterator[bool]:
-    """Within the block, `model`'s output embeddings run through oneDNN (see the module docstring).
+def use_onednn_lm_head(model: nn.Module) -> bool:
+    """Wrap `model`'s output embeddings in a [`OneDNNLinear`] (once, at build time) where oneDNN can run them.
 
     Args:
-        model (`nn.Module`): a model with `get_output_embeddings()` (a transformers causal LM).
+        model (`nn.Module`): a model with `get_output_embeddings()` / `set_output_embeddings()` (a causal LM).
 
-    Yields:
-        `bool`: whether the head was wrapped (not where oneDNN is unavailable or off, or the head is not a plain
+    Returns:
+        `bool`: whether the head was wrapped (not on non-x86 CPUs, builds without oneDNN, or heads that are not a plain
         float32 CPU `nn.Linear`).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    swapped: list[tuple[nn.Module, str]] = []
-    if head is not None and onednn_available() and _eligible(head):
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if child is head:
-                    setattr(parent, name, OneDNNLinear(head))
-                    swapped.append((parent, name))
-    try:
-        yield bool(swapped)
-    finally:
-        for parent, name in swapped:
-            setattr(parent, name, head)
+    if head is None or isinstance(head, OneDNNLinear) or not onednn_available() or not _eligible(head):
+        return False
+    model.set_output_embeddings(OneDNNLinear(head))
+    return True

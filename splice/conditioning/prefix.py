@@ -7,12 +7,35 @@ states) → `[B, P, D]`, with a mask `[B, P]` (padding in the encoder input stay
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import Cache
+
+from .._compat import cache_kwargs
+from ..encoders import encoder_hidden_size
+from .base import Conditioning, decoder_dimensions, self_attention_cache
 
 PROJECTORS = ("linear", "mlp")
 REDUCERS = ("pool", "resampler")
+
+
+def pooling_weights(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Adaptive average pooling of each sample's real states (mask 1) into `length` bins, as a matrix `[B, P, S]`.
+
+    Bin i of a sample with n real states averages its real states ranked floor(i n / P) to ceil((i + 1) n / P) - 1
+    (`F.adaptive_avg_pool1d`'s bins over that sample alone), so padding never changes a sample's prefix; one batched
+    matmul, no per-sample loop and no host sync.
+    """
+    real = mask.long()  # [B, S]
+    rank = real.cumsum(-1) - 1  # [B, S]: the position among real states
+    count = real.sum(-1, keepdim=True)  # [B, 1]
+    bins = torch.arange(length, device=mask.device)[None, :]  # [1, P]
+    start = (bins * count) // length  # [B, P]
+    end = ((bins + 1) * count + length - 1) // length  # [B, P]
+    inside = (rank[:, None, :] >= start[..., None]) & (rank[:, None, :] < end[..., None]) & real.bool()[:, None, :]
+    return inside.float() / (end - start).clamp(min=1)[..., None].float()  # [B, P, S]
 
 
 class PrefixProjector(nn.Module):
@@ -54,7 +77,7 @@ class PrefixProjector(nn.Module):
         self.reducer = reducer if prefix_length is not None else None
         if self.reducer == "resampler":
             if embed_dim % num_heads:
-                num_heads = 1  # any width works with one head
+                num_heads = 1  # any width works with one head (the decoder's count may not divide the embeddings)
             self.queries = nn.Parameter(torch.randn(prefix_length, embed_dim) * embed_dim**-0.5)
             self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
             self.norm = nn.LayerNorm(embed_dim)
@@ -91,19 +114,74 @@ class PrefixProjector(nn.Module):
             order = torch.argsort(encoder_attention_mask.long(), dim=1, stable=True)  # [B, S]
             return states.gather(1, order.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
         mask = encoder_attention_mask
-        if self.reducer == "pool" and (mask is None or bool(mask.all())):
-            prefix = F.adaptive_avg_pool1d(states.transpose(1, 2), self.prefix_length).transpose(1, 2)  # [B, P, D]
-        elif self.reducer == "pool":
-            # Pool each sample over its own states only, so padding never changes a sample's prefix.
-            prefix = torch.stack(
-                [
-                    F.adaptive_avg_pool1d(states[b, mask[b].bool()].T.unsqueeze(0), self.prefix_length)[0].T
-                    for b in range(batch)
-                ]
-            )
+        if self.reducer == "pool":
+            if mask is None:
+                mask = states.new_ones(states.shape[:2])
+            prefix = pooling_weights(mask, self.prefix_length).to(states.dtype) @ states  # [B, P, S] @ [B, S, D]
         else:
             queries = self.queries.unsqueeze(0).expand(batch, -1, -1)  # [B, P, D]
             padding = None if mask is None else mask == 0
             prefix, _ = self.attention(queries, states, states, key_padding_mask=padding)
             prefix = self.norm(prefix + queries)
         return prefix
+
+
+class Prefix(Conditioning):
+    name = "prefix"
+
+    def build(self, model: nn.Module) -> None:
+        config = model.config
+        num_heads = decoder_dimensions(model.decoder)[1]
+        model.prefix_projector = PrefixProjector(
+            encoder_hidden_size(config.encoder),
+            model.decoder.get_input_embeddings().embedding_dim,
+            projector=config.prefix_projector,
+            prefix_length=config.prefix_length,
+            reducer=config.prefix_reducer,
+            num_heads=num_heads,
+        )
+
+    def cached_prefix_length(
+        self, model: nn.Module, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> int:
+        return model.prefix_projector.prefix_mask(encoder_hidden_states, encoder_attention_mask).shape[1]
+
+    def decode(
+        self,
+        model: nn.Module,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **decoder_kwargs: Any,
+    ) -> Any:
+        cache = self_attention_cache(cache)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if inputs_embeds is None:
+            inputs_embeds = model.decoder.get_input_embeddings()(input_ids)  # [B, T, D]
+        projector = model.prefix_projector
+        prefix_mask = projector.prefix_mask(encoder_hidden_states, encoder_attention_mask)  # [B, P]
+        prefix_length = prefix_mask.shape[1]
+        if past_length == 0:  # the prefix enters once; later steps find it in the KV cache
+            prefix = projector(encoder_hidden_states, encoder_attention_mask)  # [B, P, D]
+            inputs_embeds = torch.cat([prefix.to(inputs_embeds.dtype), inputs_embeds], dim=1)  # [B, P+T, D]
+        batch, new_length = inputs_embeds.shape[:2]
+        text_length = past_length + new_length - prefix_length
+        if attention_mask is None:
+            attention_mask = prefix_mask.new_ones(batch, text_length)
+        full_mask = torch.cat([prefix_mask, attention_mask[:, -text_length:].to(prefix_mask.dtype)], dim=1)
+        # Positions count real tokens only, so a padded prefix or padded text shifts nothing.
+        position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -new_length:]  # [B, T_new]
+        decoder_kwargs.pop("position_ids", None)
+        outputs = model.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            **cache_kwargs(cache),
+            **decoder_kwargs,
+        )
+        if past_length == 0:
+            outputs.logits = outputs.logits[:, prefix_length:]  # logits for the text positions only
+        return outputs

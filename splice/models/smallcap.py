@@ -17,8 +17,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from .configuration import VisionEncoderDecoderConfig
-from .modeling import VisionEncoderDecoderModel
+from .. import inference
+from ..conditioning import conditioning_parameter_names
+from ..configuration import VisionEncoderDecoderConfig
+from .compat import VisionEncoderDecoderModel
 
 DEFAULT_TEMPLATE = "Similar images show {captions}. This image shows "
 NO_RETRIEVAL_PROMPT = "This image shows "
@@ -39,11 +41,6 @@ def build_prompt(captions: Sequence[str] | None, template: str = DEFAULT_TEMPLAT
     return template.format(captions="\n\n".join(c.strip().rstrip(".") for c in captions))
 
 
-def _is_gpt2_style(decoder_config: PreTrainedConfig | dict) -> bool:
-    model_type = decoder_config.get("model_type") if isinstance(decoder_config, dict) else decoder_config.model_type
-    return model_type == "gpt2"
-
-
 @strict
 class SmallCapConfig(VisionEncoderDecoderConfig):
     r"""
@@ -59,34 +56,27 @@ class SmallCapConfig(VisionEncoderDecoderConfig):
     """
 
     model_type: ClassVar[str] = "smallcap"
+    # SmallCap's own reduced cross-attention exists for GPT-2; every other decoder gets the injected one.
+    native_families: ClassVar[tuple[str, ...]] = ("gpt2",)
     cross_attention_reduce_factor: int = 4
     prompt_template: str = DEFAULT_TEMPLATE
     retrieval_k: int = 4
     train_cross_attention_norm: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
-        if self.conditioning == "auto" and self.decoder is not None:
-            # SmallCap's own reduced cross-attention exists for GPT-2; every other decoder gets the injected one.
-            self.conditioning = "native" if _is_gpt2_style(self.decoder) else "injected"
         super().__post_init__(**kwargs)
         if self.cross_attention_reduce_factor not in (1, 2, 4, 8, 16):
             raise ValueError(
                 f"cross_attention_reduce_factor={self.cross_attention_reduce_factor}; SmallCap uses 1, 2, 4, 8 or 16."
             )
         reduced = self.cross_attention_reduce_factor != 1
-        if self.conditioning == "native" and not _is_gpt2_style(self.decoder) and reduced:
+        if self.conditioning == "native" and self.decoder.model_type not in self.native_families and reduced:
             raise ValueError(
                 f"cross_attention_reduce_factor={self.cross_attention_reduce_factor} with conditioning='native' needs "
                 f"a GPT-2 decoder (got {self.decoder.model_type}); use conditioning='injected' (the default for it)."
             )
         if "{captions}" not in self.prompt_template:
             raise ValueError(f"prompt_template={self.prompt_template!r} must contain '{{captions}}'.")
-
-    @classmethod
-    def from_encoder_decoder_configs(cls, encoder_config, decoder_config, **kwargs: Any) -> SmallCapConfig:
-        if kwargs.get("conditioning", "auto") == "auto":
-            kwargs["conditioning"] = "native" if _is_gpt2_style(decoder_config) else "injected"
-        return super().from_encoder_decoder_configs(encoder_config, decoder_config, **kwargs)
 
 
 def reduce_gpt2_cross_attention(decoder: torch.nn.Module, reduce_factor: int) -> None:
@@ -134,20 +124,21 @@ class SmallCapModel(VisionEncoderDecoderModel):
 
     def __init__(self, config=None, encoder=None, decoder=None):
         super().__init__(config, encoder, decoder)
-        from .freezing import apply_freeze_policy
-
-        apply_freeze_policy(self, "encoder+decoder", verbose=False)
+        self.freeze_to_conditioning()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> SmallCapModel:
         model = super().from_pretrained(*args, **kwargs)
-        from .freezing import apply_freeze_policy
-
-        apply_freeze_policy(model, "encoder+decoder", verbose=False)  # loading makes every weight trainable again
+        model.freeze_to_conditioning()  # loading makes every weight trainable again
         return model
 
-    def _build_conditioning(self) -> None:
-        super()._build_conditioning()
+    def freeze_to_conditioning(self) -> None:
+        """SmallCap's policy: only what joins encoder and decoder trains (`--freeze encoder+decoder`)."""
+        trainable = conditioning_parameter_names(self)
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def _after_conditioning_built(self) -> None:
         if self.config.conditioning == "native":
             reduce_gpt2_cross_attention(self.decoder, self.config.cross_attention_reduce_factor)
 
@@ -177,28 +168,9 @@ class SmallCapModel(VisionEncoderDecoderModel):
             retrieved_captions (*optional*): per image, its retrieved captions (e.g. `Datastore.retrieve_for_images`).
             generate_kwargs: passed to `generate`.
         """
-        from .processing import decode_predictions
-
-        processor = processor or self.processor
-        pixel_values = processor(images=images)["pixel_values"].to(self.device, self.dtype)
         prompts = self.prompts(retrieved_captions, len(images))
-        prompt_ids, prompt_mask = self.encode_prompts(processor.tokenizer, prompts)
-        ids = self.generate(
-            pixel_values,
-            decoder_input_ids=prompt_ids.to(self.device),
-            decoder_attention_mask=prompt_mask.to(self.device),
-            **generate_kwargs,
-        )
-        return decode_predictions(processor.tokenizer, ids[:, prompt_ids.shape[1] :])
+        return inference.caption(self, images, processor or self.processor, prompts, **generate_kwargs)
 
     def encode_prompts(self, tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Start token + prompt ids, left-padded: `decoder_input_ids` and `decoder_attention_mask` `[B, P]`."""
-        start = [self.config.decoder_start_token_id]
-        rows = [start + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.config.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        return ids, mask
+        return inference.encode_prompts(tokenizer, prompts, self.config.decoder_start_token_id, self.config.pad_token_id)

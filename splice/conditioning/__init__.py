@@ -1,0 +1,85 @@
+"""How the decoder reads the encoder: one strategy object per `config.conditioning`, and the one "auto" rule.
+
+- `"native"` ([`Native`]): the decoder's own cross-attention (GPT-2, BERT, RoBERTa, Electra, TrOCR, BART);
+- `"injected"` ([`Injected`]): splice's gated cross-attention wrapped around the layers of any decoder-only LM;
+- `"prefix"` ([`Prefix`]): projected encoder states prepended to the decoder's input embeddings.
+
+Each strategy builds what it adds to a model (`build`), runs the decoder (`decode`), names the decoder-side parameters
+it trains (`parameter_names`), and says how many cache positions it holds before the text (`cached_prefix_length`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from torch import nn
+from transformers import PreTrainedConfig
+
+from .base import CROSS_ATTENTION_NAMES, Conditioning, enable_cross_attention, has_native_cross_attention
+from .injected import Injected
+from .native import Native
+from .prefix import Prefix
+
+CONDITIONINGS = ("native", "injected", "prefix", "auto")
+STRATEGIES: dict[str, Conditioning] = {strategy.name: strategy for strategy in (Native(), Injected(), Prefix())}
+
+__all__ = [
+    "CONDITIONINGS",
+    "CROSS_ATTENTION_NAMES",
+    "Conditioning",
+    "STRATEGIES",
+    "conditioning_parameter_names",
+    "enable_cross_attention",
+    "has_native_cross_attention",
+    "resolve_conditioning",
+    "strategy",
+]
+
+
+def resolve_conditioning(
+    conditioning: str, decoder: nn.Module | PreTrainedConfig | dict, native_families: Collection[str] | None = None
+) -> str:
+    """The conditioning to build: `"auto"` becomes `"native"` where the decoder has cross-attention, else `"injected"`.
+
+    Args:
+        conditioning: `"auto"`, `"native"`, `"injected"` or `"prefix"`.
+        decoder: the decoder as built (an instance decides by its modules) or its config (by its family).
+        native_families: only these `model_type`s count as native (SmallCap: GPT-2's reduced cross-attention).
+    """
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(
+            f"conditioning={conditioning!r} is not one of {CONDITIONINGS}: 'native' uses the decoder's own "
+            "cross-attention, 'injected' adds splice's, 'prefix' prepends the encoder states to the decoder's "
+            "input, 'auto' picks native where the decoder has it, else injected."
+        )
+    if conditioning != "auto":
+        return conditioning
+    if native_families is not None:
+        config = decoder.config if isinstance(decoder, nn.Module) else decoder
+        model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
+        return "native" if model_type in native_families else "injected"
+    return "native" if has_native_cross_attention(decoder) else "injected"
+
+
+def strategy(conditioning: str) -> Conditioning:
+    """The strategy object of a resolved `conditioning` (configs resolve `"auto"` when they are built)."""
+    if conditioning not in STRATEGIES:
+        raise ValueError(f"conditioning={conditioning!r} is not resolved; expected one of {tuple(STRATEGIES)}.")
+    return STRATEGIES[conditioning]
+
+
+def conditioning_parameter_names(model: nn.Module) -> set[str]:
+    """
+    Names of the parameters that join the encoder to the decoder (what SmallCap and `--freeze encoder+decoder` train).
+
+    Args:
+        model (`SpliceModel`): the composite model.
+
+    Returns:
+        `set[str]`: dotted names as in `model.named_parameters()`: the strategy's decoder-side parameters (native
+        cross-attention, injected blocks) and every parameter outside the encoder and the decoder (`enc_to_dec_proj`,
+        the prefix projector, modules a subclass adds).
+    """
+    names = strategy(model.config.conditioning).parameter_names(model)
+    names.update(name for name, _ in model.named_parameters() if name.split(".", 1)[0] not in ("encoder", "decoder"))
+    return names

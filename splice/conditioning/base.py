@@ -1,0 +1,101 @@
+"""The strategy interface, and the one answer to "does this decoder have its own cross-attention?"."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig
+from transformers.cache_utils import Cache, EncoderDecoderCache
+
+# How the decoder families with native cross-attention name those modules (GPT-2, BERT: crossattention; BART, TrOCR:
+# encoder_attn).
+CROSS_ATTENTION_NAMES = ("crossattention", "cross_attn", "encoder_attn")
+
+
+_NUM_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# OPT has `word_embed_proj_dim` for its embeddings, but its layers run at `hidden_size`, so `hidden_size` comes first.
+_HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model", "word_embed_proj_dim")
+_NUM_HEADS_KEYS = ("num_attention_heads", "n_head", "num_heads")
+
+
+def text_config(model: nn.Module) -> PreTrainedConfig | None:
+    """The decoder's text config (a multimodal LM nests it)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def decoder_dimensions(decoder: nn.Module) -> tuple[int, int, float]:
+    """Width, attention heads and layer-norm epsilon of a decoder, whatever its family calls them."""
+    config = text_config(decoder)
+    found = [next((v for v in (getattr(config, k, None) for k in keys) if isinstance(v, int)), None)
+             for keys in (_HIDDEN_SIZE_KEYS, _NUM_HEADS_KEYS)]
+    if None in found:
+        raise ValueError(
+            f"Cannot read the hidden size and number of attention heads from {type(config).__name__}: it has none of "
+            f"{_HIDDEN_SIZE_KEYS} / {_NUM_HEADS_KEYS}. Set `hidden_size` and `num_attention_heads` on the decoder config."
+        )
+    eps = getattr(config, "layer_norm_eps", None) or getattr(config, "layer_norm_epsilon", None) or 1e-5
+    return found[0], found[1], eps
+
+
+def has_native_cross_attention(decoder: nn.Module | PreTrainedConfig | dict) -> bool:
+    """Whether the decoder has (an instance) or can build (a config: its causal-LM class) cross-attention layers."""
+    if isinstance(decoder, nn.Module):
+        accepts = "encoder_hidden_states" in inspect.signature(decoder.forward).parameters
+        return accepts and any(any(n in name for n in CROSS_ATTENTION_NAMES) for name, _ in decoder.named_modules())
+    if not isinstance(decoder, PreTrainedConfig):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING  # a large import, used rarely
+
+    decoder_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(decoder), None)
+    return decoder_class is not None and "encoder_hidden_states" in inspect.signature(decoder_class.forward).parameters
+
+
+def enable_cross_attention(decoder_config: PreTrainedConfig) -> None:
+    """Make the decoder config build its cross-attention layers (as transformers' composites do)."""
+    decoder_config.is_decoder = True
+    decoder_config.add_cross_attention = True
+
+
+def self_attention_cache(cache: Cache | None) -> Cache | None:
+    """The decoder's own cache: `generate` wraps it in an `EncoderDecoderCache`, which decoder-only LMs do not take."""
+    return cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+
+
+class Conditioning:
+    """How the decoder reads the encoder states. Stateless: one shared instance per mode (`STRATEGIES`)."""
+
+    name: ClassVar[str]
+
+    def build(self, model: nn.Module) -> None:
+        """Attach what this mode adds to `model` (a `SpliceModel` whose encoder and decoder exist)."""
+        raise NotImplementedError
+
+    def decode(
+        self,
+        model: nn.Module,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+        **decoder_kwargs: Any,
+    ) -> Any:
+        """Run `model.decoder` on the decoder inputs, reading the adapted encoder states `[B, S, D]`.
+
+        Returns the decoder's output (with `logits`) for the text positions.
+        """
+        raise NotImplementedError
+
+    def parameter_names(self, model: nn.Module) -> set[str]:
+        """Names (as in `model.named_parameters()`) of the decoder-side parameters this mode adds or trains."""
+        return set()
+
+    def cached_prefix_length(
+        self, model: nn.Module, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> int:
+        """How many positions the decoder's cache holds before the text (the prefix mode's prefix)."""
+        return 0

@@ -1,0 +1,15 @@
+"""The models: `SpliceModel`, the seed API shells, and the SmallCap preset."""
+
+from .compat import EncoderDecoderModel, SpeechEncoderDecoderModel, VisionEncoderDecoderModel
+from .smallcap import SmallCapConfig, SmallCapModel
+from .splice import SpliceModel, shift_tokens_right
+
+__all__ = [
+    "EncoderDecoderModel",
+    "SmallCapConfig",
+    "SmallCapModel",
+    "SpeechEncoderDecoderModel",
+    "SpliceModel",
+    "VisionEncoderDecoderModel",
+    "shift_tokens_right",
+]

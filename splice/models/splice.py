@@ -1,0 +1,550 @@
+"""`SpliceModel`: an encoder joined to a causal-LM decoder, trained and generated like any transformers seq2seq model.
+
+Reading order: construction (the conditioning strategy builds what joins the parts), special tokens, `generate` hooks,
+`forward` (encode → adapt → the strategy decodes → loss). The seed API shells are in `models/compat.py`, assembly from
+pretrained parts in `models/assembly.py`, one-call inference in `splice/inference.py`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.utils import logging
+
+from .. import inference
+from .._compat import COMPATIBILITY_HINT, TRANSFORMERS_VERSION, cache_kwargs, output_cache, pop_cache
+from ..conditioning import enable_cross_attention, resolve_conditioning, strategy
+from ..conditioning.base import self_attention_cache
+from ..conditioning.injected import GatedCrossAttention
+from ..conditioning.prefix import PrefixProjector
+from ..configuration import SpliceConfig
+from ..encoders import as_token_states, encoder_tower
+from ..onednn import use_onednn_lm_head
+from ..special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
+from .assembly import FromPartsMixin
+
+logger = logging.get_logger(__name__)
+
+# Names under which encoders take their main input (`inputs` is the speech composite's generic name).
+_ENCODER_INPUTS = ("pixel_values", "input_ids", "input_values", "input_features", "inputs_embeds", "inputs")
+# Per `generate` call, the adapted encoder states ride on that call's cache (one cache per call: thread-safe).
+_KEPT = "_splice_encoder_side"
+
+
+def forward_arguments(frame: dict[str, Any]) -> dict[str, Any]:
+    """A `forward`'s arguments from its `locals()`: the named ones and its `**kwargs`, without `self`."""
+    named = {k: v for k, v in frame.items() if k not in ("self", "kwargs", "__class__")}
+    return named | frame.get("kwargs", {})
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
+    """Decoder inputs from labels: prepend `decoder_start_token_id`, drop the last label, turn -100 into padding."""
+    if decoder_start_token_id is None:
+        raise ValueError(
+            "decoder_start_token_id is not set, so labels cannot be shifted into decoder inputs. Set "
+            "`model.config.decoder_start_token_id` (often the tokenizer's bos or cls token id)."
+        )
+    if pad_token_id is None:
+        raise ValueError(
+            "pad_token_id is not set, so -100 in labels cannot be replaced. Set `model.config.pad_token_id`."
+        )
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1].clone()
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
+    r"""
+    An encoder (any `AutoModel` whose output has `last_hidden_state`) joined to a causal-LM decoder.
+
+    Args:
+        config (`SpliceConfig`, *optional*): the composite configuration; built from the parts when omitted.
+        encoder (`PreTrainedModel`, *optional*): an encoder instance (a dual-tower model contributes its vision tower).
+        decoder (`PreTrainedModel`, *optional*): a causal-LM decoder instance.
+    """
+
+    config_class = SpliceConfig
+    base_model_prefix = "splice"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_param_buffer_assignment = False
+
+    def __init__(
+        self,
+        config: SpliceConfig | None = None,
+        encoder: PreTrainedModel | None = None,
+        decoder: PreTrainedModel | None = None,
+    ):
+        if config is None and (encoder is None or decoder is None):
+            raise ValueError("Either a configuration or an encoder and a decoder has to be provided.")
+        if encoder is not None:
+            encoder = encoder_tower(encoder)
+        if config is None:
+            # Given instances, "auto" is decided by the decoder as built: its own cross-attention if it has some.
+            config = self.config_class.from_encoder_decoder_configs(
+                encoder.config, decoder.config, conditioning=self.config_class.resolve_auto("auto", decoder)
+            )
+        elif not isinstance(config, self.config_class):
+            raise ValueError(f"Config: {type(config).__name__} has to be of type {self.config_class.__name__}")
+        super().__init__(config)
+
+        if encoder is None:
+            encoder = encoder_tower(AutoModel.from_config(config.encoder))
+        if encoder.get_output_embeddings() is not None:
+            raise ValueError(
+                f"The encoder {type(encoder).__name__} has a language-model head; an encoder must not. Load it with "
+                "`AutoModel` (the base model), not a `...ForMaskedLM` / `...ForCausalLM` class."
+            )
+        if decoder is None:
+            decoder = AutoModelForCausalLM.from_config(config.decoder)
+        self.encoder = encoder
+        self.decoder = decoder
+        # One config object per part, shared with the composite, so edits to either stay in sync.
+        self.config.encoder = encoder.config
+        self.config.decoder = decoder.config
+        # Nothing per call is kept on the modules (keys/values live in the generation cache), so every mode compiles.
+        self._can_compile_fullgraph = getattr(decoder, "_can_compile_fullgraph", False)
+        if type(self) is SpliceModel:
+            self.main_input_name = encoder.main_input_name
+
+        self.conditioning = strategy(config.conditioning)
+        self.conditioning.build(self)
+        self._after_conditioning_built()
+        use_onednn_lm_head(decoder)
+        # Modules splice adds live where the decoder lives (a pretrained decoder may be bf16, or on a GPU).
+        reference = next(decoder.parameters())
+        for name in ("enc_to_dec_proj", "prefix_projector"):
+            if hasattr(self, name):
+                getattr(self, name).to(device=reference.device, dtype=reference.dtype)
+        self._decoder_takes_position_ids = "position_ids" in inspect.signature(decoder.forward).parameters
+        self._encoder_takes_mask = "attention_mask" in inspect.signature(encoder.forward).parameters
+        if config.tie_encoder_decoder:
+            # Declared as tied weights, so transformers ties them, saves each once and re-ties them on load.
+            self._tied_weights_keys = self._encoder_decoder_tied_keys()
+        self.post_init()
+        self._synced_tokens: dict[str, Any] = {}
+        self._sync_generation_config()
+
+    # -- construction ---------------------------------------------------------------------------------------------
+
+    def _after_conditioning_built(self) -> None:
+        """A hook for presets that adjust what the strategy built (SmallCap narrows GPT-2's cross-attention)."""
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Each part initialises its modules the way its family does; splice's own modules use the decoder's rule.
+        owner = self.encoder if any(module is m for m in self.encoder.modules()) else self.decoder
+        owner._init_weights(module)
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # transformers initialises the decoder's modules with the decoder's own rule, which knows nothing of splice's
+        # gates and resampler queries: those missing from a checkpoint are set here (gates at 0: identity).
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, GatedCrossAttention):
+                    for gate in (module.attn_gate, getattr(module, "ffn_gate", None)):
+                        if gate is not None and not getattr(gate, "_is_hf_initialized", False):
+                            gate.zero_()
+                elif isinstance(module, PrefixProjector) and module.reducer == "resampler":
+                    if not getattr(module.queries, "_is_hf_initialized", False):
+                        module.queries.normal_(0, module.queries.shape[-1] ** -0.5)
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        if self.config.tie_encoder_decoder and not all_submodels:
+            tied.update(self._tied_weights_keys)  # the base class honours them only with `tie_word_embeddings`
+        return tied
+
+    def _encoder_decoder_tied_keys(self) -> dict[str, str]:
+        """`{decoder parameter: encoder parameter}` for every weight the two towers have in common (bert2bert)."""
+        decoder_base = getattr(self.decoder, self.decoder.base_model_prefix, None)
+        if decoder_base is None or type(decoder_base) is not type(self.encoder):
+            raise ValueError(
+                "tie_encoder_decoder=True needs an encoder and a decoder of the same architecture (e.g. bert2bert), "
+                f"got encoder {type(self.encoder).__name__} and decoder base "
+                f"{type(decoder_base).__name__ if decoder_base is not None else None}."
+            )
+        prefix = f"decoder.{self.decoder.base_model_prefix}."
+        decoder_params = dict(decoder_base.named_parameters())
+        return {
+            prefix + name: "encoder." + name
+            for name, param in self.encoder.named_parameters()
+            if name in decoder_params and decoder_params[name].shape == param.shape
+        }
+
+    # -- accessors ------------------------------------------------------------------------------------------------
+
+    def get_encoder(self) -> PreTrainedModel:
+        return self.encoder
+
+    def get_decoder(self) -> PreTrainedModel:
+        return self.decoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.decoder.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.decoder.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.decoder.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
+        """Resize the decoder's vocabulary (input and output embeddings); the composite config follows."""
+        embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
+        self._sync_generation_config()
+        return embeddings
+
+    # -- special tokens and generation settings ---------------------------------------------------------------------
+
+    def _sync_generation_config(self) -> None:
+        """Make config and generation config agree on special tokens; mirror generation settings set on the config.
+
+        Whichever side was edited since the last sync wins, so `model.config.pad_token_id = ...` (seed docs) and
+        `model.generation_config.pad_token_id = ...` (transformers v5) both work.
+        """
+        gen = self.generation_config
+        if gen is None:
+            return
+        for key, value in self.config.new_generation_overrides().items():
+            setattr(gen, key, value)
+        for field, synced in self._synced_tokens.items():
+            on_config, on_gen = getattr(self.config, field), getattr(gen, field, None)
+            if on_config != synced:
+                setattr(gen, field, on_config)
+            elif on_gen != synced:
+                setattr(self.config, field, on_gen)
+        values = resolve_special_tokens(self.config, gen)
+        validate_token_ids(values, self.config.decoder.vocab_size, values.pop("_source"))
+        for field in SPECIAL_TOKENS:
+            setattr(self.config, field, values[field])
+            setattr(gen, field, values[field])
+        self._synced_tokens = {field: values[field] for field in SPECIAL_TOKENS}
+
+    def configure_special_tokens(self, tokenizer: Any = None, **token_ids: int | list[int] | None) -> dict[str, Any]:
+        r"""
+        Set the special tokens from explicit ids and, for what is still unset, from a tokenizer.
+
+        Args:
+            tokenizer (*optional*): e.g. BERT's tokenizer fills `decoder_start_token_id` with `[CLS]` and
+                `eos_token_id` with `[SEP]` when the configs leave them unset.
+            token_ids: explicit `decoder_start_token_id`, `pad_token_id`, `eos_token_id`, `bos_token_id`.
+
+        Returns:
+            The resolved ids.
+        """
+        self._sync_generation_config()
+        values = resolve_special_tokens(self.config, self.generation_config, tokenizer, **token_ids)
+        values.pop("_source")
+        for field, value in values.items():
+            setattr(self.config, field, value)
+        self._sync_generation_config()
+        return values
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        self._sync_generation_config()
+        passed = {f: kwargs[f] for f in SPECIAL_TOKENS if kwargs.get(f) is not None}
+        if generation_config is not None:
+            passed = {f: getattr(generation_config, f, None) for f in SPECIAL_TOKENS} | passed
+        validate_token_ids(passed, self.config.decoder.vocab_size, dict.fromkeys(passed, "generate() arguments"))
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
+
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
+        """Beam search's per-step cache reorder, minus the cross-attention keys/values.
+
+        Those are projections of the encoder states, which `generate` repeats per beam, so every beam of an input holds
+        the same rows, and beam search only ever moves a beam within its own input: reordering them is an identity
+        that costs a copy of [batch x beams, heads, source length, head dim] per layer and step (half of transformers'
+        beam-4 decoding time at the benchmark's `small` size, in a profile).
+        """
+        self_attention_cache(cache).reorder_cache(beam_idx)
+        return cache
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict[str, Any]:
+        """transformers' step inputs, checked: the cache must hold every token that is not fed again.
+
+        `generate` feeds only the new tokens once the cache holds the earlier ones. A cache that did not advance (it
+        reached the model under a name the model does not read, or came back under one `generate` does not read) would
+        make every step attend to the last token alone: wrong text, no error. This makes that loud.
+        """
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        fed = model_inputs.get("decoder_input_ids")
+        cache = pop_cache(dict(model_inputs))
+        expected = input_ids.shape[1] - (fed.shape[1] if fed is not None else input_ids.shape[1])
+        held = cache.get_seq_length() if cache is not None else 0
+        mask = model_inputs.get("decoder_attention_mask")
+        if (
+            mask is not None
+            and fed is not None
+            and "decoder_position_ids" not in model_inputs
+            and self.conditioning.name != "prefix"  # the prefix path counts positions itself
+            and self._decoder_takes_position_ids
+            and bool((mask[:, 0] == 0).any())  # once per step, in the loop: forward itself never syncs
+        ):
+            # Left padding (batched prompts): positions count real tokens, so each sample matches its unpadded self.
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T_total]
+            model_inputs["decoder_position_ids"] = positions[:, -fed.shape[1] :]
+        if expected > 0:  # the prefix mode's cache holds the prefix before the text
+            states, states_mask = self._decoder_side_states(kwargs["encoder_outputs"][0], kwargs.get("attention_mask"), cache)
+            expected += self.conditioning.cached_prefix_length(self, states, states_mask)
+        if expected > 0 and held < expected:
+            raise RuntimeError(
+                f"Generation is broken with transformers {TRANSFORMERS_VERSION}: this step feeds "
+                f"{fed.shape[1]} new token(s) after {expected} earlier ones, but the cache holds {held}, so the model "
+                f"would read the new tokens without their context and produce wrong text. {COMPATIBILITY_HINT}"
+            )
+        return model_inputs
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        self._sync_generation_config()
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    # -- forward --------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        Encode the input (unless `encoder_outputs` is given), then decode.
+
+        Args:
+            pixel_values / input_ids / input_values / input_features: the encoder's input, whichever it takes.
+            attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): the encoder's padding mask; also passed to
+                the decoder's cross-attention (downsampled for speech encoders).
+            inputs_embeds: the encoder's input embeddings, instead of `input_ids`.
+            decoder_input_ids (`torch.LongTensor` of shape `[B, T]`, *optional*): built from `labels` when omitted
+                (shifted right, -100 replaced by `pad_token_id`).
+            decoder_attention_mask (`torch.Tensor` of shape `[B, T]`, *optional*): when built from labels, positions
+                whose label is -100 are masked.
+            encoder_outputs (`tuple` or `BaseModelOutput`, *optional*): precomputed encoder outputs.
+            past_key_values / cache (`Cache`, *optional*): the decoder's cache (`cache` is transformers 5.24's name).
+            decoder_inputs_embeds: the decoder's input embeddings, instead of `decoder_input_ids`.
+            labels (`torch.LongTensor` of shape `[B, T]`, *optional*): target ids; -100 is ignored by the loss.
+            kwargs: unprefixed keys go to the encoder, `decoder_`-prefixed keys to the decoder.
+        """
+        return self._splice_forward(**forward_arguments(locals()))
+
+    def _splice_forward(
+        self,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        """The one forward behind every class's signature: encode, adapt, decode with the strategy, loss."""
+        encoder_inputs = {name: kwargs.pop(name) for name in _ENCODER_INPUTS if kwargs.get(name) is not None}
+        for name in _ENCODER_INPUTS:
+            kwargs.pop(name, None)
+        if "inputs" in encoder_inputs:  # the speech composite's generic name for the encoder's main input
+            encoder_inputs[self.encoder.main_input_name] = encoder_inputs.pop("inputs")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = pop_cache(kwargs)  # `cache` since transformers 5.24, `past_key_values` before; both accepted
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs_decoder = {k[len("decoder_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder_")}
+        shared = {
+            k: v
+            for k, v in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states))
+            if v is not None
+        }
+        stray = sorted(k for k, v in {**kwargs, **kwargs_decoder}.items() if isinstance(v, Cache))
+        if stray:  # a cache under a name splice does not know would go to the encoder, unused: wrong text, silently
+            raise TypeError(
+                f"forward() got a cache as {stray}; splice takes it as `cache` or `past_key_values` (installed "
+                f"transformers {TRANSFORMERS_VERSION}). {COMPATIBILITY_HINT}"
+            )
+
+        if encoder_outputs is None:
+            if not encoder_inputs:
+                raise ValueError(
+                    f"No encoder input: pass `{self.main_input_name}` (or `encoder_outputs` computed beforehand)."
+                )
+            if attention_mask is not None and self._encoder_takes_mask:
+                kwargs["attention_mask"] = attention_mask
+            encoder_outputs = self.encoder(**encoder_inputs, **shared, return_dict=True, **kwargs)
+        elif isinstance(encoder_outputs, tuple):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+
+        decoding = cache is not None and cache.get_seq_length() > 0
+        encoder_hidden_states, encoder_attention_mask = self._decoder_side_states(encoder_outputs[0], attention_mask, cache)
+
+        if labels is not None:
+            self._check_ids("labels", labels)
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+                if decoder_attention_mask is None:
+                    decoder_attention_mask = self.decoder_attention_mask_from_labels(labels, decoder_input_ids)
+        if decoder_input_ids is not None and not decoding:  # decoding steps feed back ids the model produced
+            self._check_ids("decoder_input_ids", decoder_input_ids)
+
+        decoder_outputs = self.conditioning.decode(
+            self,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            inputs_embeds=decoder_inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            return_dict=True,
+            **shared,
+            **kwargs_decoder,
+        )
+
+        loss = None
+        if labels is not None:
+            logits = decoder_outputs.logits
+            reduction = "mean" if num_items_in_batch is None else "sum"
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), reduction=reduction
+            )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+
+        if not return_dict:  # the seed classes' tuple: loss, then the decoder's outputs, then the encoder's
+            return ((loss,) if loss is not None else ()) + decoder_outputs.to_tuple() + encoder_outputs.to_tuple()
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=decoder_outputs.logits,
+            # The whole cache `generate` passed (an `EncoderDecoderCache` around the decoder's), so it flows back.
+            **cache_kwargs(cache if cache is not None else output_cache(decoder_outputs)),
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=getattr(decoder_outputs, "cross_attentions", None),
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
+            encoder_attentions=getattr(encoder_outputs, "attentions", None),
+        )
+
+    def decoder_attention_mask_from_labels(self, labels: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder mask `[B, T]` when `decoder_input_ids` are built from `labels` and no mask is given.
+
+        Position 0 is the start token; position t reads label t-1 and is padding where that label is -100. (For right
+        padding this gives the loss of transformers' `VisionEncoderDecoderModel` / `SpeechEncoderDecoderModel`, which
+        build no mask: masked positions are only read by later, ignored ones.)
+        """
+        mask = torch.ones_like(labels)  # [B, T]
+        mask[:, 1:] = (labels[:, :-1] != -100).long()
+        return mask
+
+    def adapt_encoder_states(
+        self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        The hook between encoder and decoder: subclasses change the architecture here (see docs/custom-models.md).
+
+        Args:
+            encoder_hidden_states (`torch.Tensor` of shape `[B, S, E]`): the encoder's token states.
+            encoder_attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): 1 for real states, 0 for padding.
+
+        Returns:
+            The states and mask the decoder side reads (default: `enc_to_dec_proj` when the widths differ).
+        """
+        if hasattr(self, "enc_to_dec_proj"):
+            encoder_hidden_states = self.enc_to_dec_proj(encoder_hidden_states)  # [B, S, D]
+        return encoder_hidden_states, encoder_attention_mask
+
+    def _decoder_side_states(
+        self, encoder_output: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token states `[B, S, D]` and mask `[B, S]` for the decoder side, adapted once per `generate` call.
+
+        `generate` passes the same encoder output at every step with one cache per call: the first step keeps the
+        adapted states on that cache and later steps take them back, so no projection is recomputed per token and
+        nothing outlives the call or is shared between calls.
+        """
+        kept = getattr(cache, _KEPT, None)
+        if kept is not None and kept[0] is encoder_output:
+            return kept[1], kept[2]
+        states = as_token_states(encoder_output)  # [B, S, E]
+        states, mask = self.adapt_encoder_states(states, self._encoder_attention_mask(attention_mask, states))
+        if cache is not None and not torch.is_grad_enabled():
+            setattr(cache, _KEPT, (encoder_output, states, mask))
+        return states, mask
+
+    def _encoder_attention_mask(self, attention_mask: torch.Tensor | None, states: torch.Tensor) -> torch.Tensor | None:
+        """The encoder padding mask at the resolution of the encoder's output states `[B, S]`."""
+        if attention_mask is None or attention_mask.dim() != 2:
+            return None
+        if attention_mask.shape[1] == states.shape[1]:
+            return attention_mask
+        if hasattr(self.encoder, "_get_feature_vector_attention_mask"):  # speech: mask over samples -> over frames
+            return self.encoder._get_feature_vector_attention_mask(states.shape[1], attention_mask)
+        raise ValueError(
+            f"attention_mask has length {attention_mask.shape[1]} but the encoder returned {states.shape[1]} states, "
+            "and the encoder has no rule to downsample the mask. Pass an attention_mask over the encoder's output."
+        )
+
+    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+        vocab_size = self.config.decoder.vocab_size
+        valid = ids[ids != -100] if name == "labels" else ids
+        if valid.numel() and (valid.min() < 0 or valid.max() >= vocab_size):
+            bad = valid[(valid < 0) | (valid >= vocab_size)][0].item()
+            raise ValueError(
+                f"{name} contains id {bad}, outside the decoder vocabulary [0, {vocab_size})"
+                + (" (only -100 may mark ignored positions)" if name == "labels" else "")
+                + ". If the tokenizer has more tokens than the decoder, call "
+                "`model.resize_token_embeddings(len(tokenizer))`."
+            )
+
+    # -- one-call inference (splice/inference.py) ------------------------------------------------------------------
+
+    @property
+    def processor(self) -> Any:
+        """The processor saved with this model: a `SpliceProcessor` (images) or the tokenizer (text encoders).
+
+        Loaded from the model's directory on first use; assign one to set it.
+        """
+        if self.__dict__.get("_processor") is None:
+            self.__dict__["_processor"] = inference.load_processor(self)
+        return self.__dict__["_processor"]
+
+    @processor.setter
+    def processor(self, processor: Any) -> None:
+        self.__dict__["_processor"] = processor
+
+    def caption(self, images: Any, processor: Any = None, **generate_kwargs: Any) -> list[str]:
+        """Generate text for images in one call (see `splice.inference.caption`)."""
+        return inference.caption(self, images, processor or self.processor, **generate_kwargs)
+
+    def transform(self, texts: str | list[str], tokenizer: Any = None, **generate_kwargs: Any) -> list[str]:
+        """Generate text from source texts in one call (see `splice.inference.transform`)."""
+        return inference.transform(self, texts, tokenizer or self.processor, **generate_kwargs)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for `labels` (used by `DataCollatorForSeq2Seq`)."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
