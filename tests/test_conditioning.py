@@ -18,7 +18,8 @@ import transformers as T
 from torch import nn
 
 import splice
-from splice.injection import cross_attention_layers, cross_attention_parameters
+import splice.injection
+from splice.injection import cross_attention_kwargs, cross_attention_layers, cross_attention_parameters
 
 VOCAB, PAD, BOS, EOS = 99, 0, 1, 2
 ENC_WIDTH = 24  # ViT / BERT encoder width, deliberately different from the decoders' 32
@@ -699,24 +700,24 @@ def test_seq2seq_trainer_trains_and_predicts_with_generate(tmp_path):
 
 def test_torch_compile_injected_decoder_matches_eager():
     model = build("llama", "injected")
-    context = model._cross_attention_context
     ids = torch.cat([torch.full((2, 1), BOS), target_ids(length=6)], dim=1)
     compiled = torch.compile(model.decoder)
     with torch.no_grad():
         for seed in (0, 5):  # a second set of encoder states must not be baked into the compiled graph
             states = model.encoder(pixel_values=pixels(seed=seed)).last_hidden_state
-            # A fresh context for each run, so neither run reuses keys / values projected by the other.
-            with context.bind(states):
-                compiled_logits = compiled(input_ids=ids).logits
-            with context.bind(states):
-                eager_logits = model.decoder(input_ids=ids).logits
+            # The encoder side travels with each call: nothing projected by one run is reused by the other.
+            compiled_logits = compiled(input_ids=ids, **cross_attention_kwargs(states)).logits
+            eager_logits = model.decoder(input_ids=ids, **cross_attention_kwargs(states)).logits
             torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-5, rtol=1e-5)
-            with context.bind(states):
-                through_model = model(pixel_values=pixels(seed=seed), decoder_input_ids=ids).logits
+            through_model = model(pixel_values=pixels(seed=seed), decoder_input_ids=ids).logits
             assert torch.equal(eager_logits, through_model)
             if seed == 0:
                 first = compiled_logits
         assert not torch.allclose(compiled_logits, first)
+        # The whole composite compiles as one graph, and matches eager.
+        full = torch.compile(model, fullgraph=True)
+        fullgraph_logits = full(pixel_values=pixels(seed=5), decoder_input_ids=ids).logits
+        torch.testing.assert_close(fullgraph_logits, eager_logits, atol=1e-5, rtol=1e-5)
     record("llama", "injected", "torch.compile == eager")
 
 

@@ -30,17 +30,17 @@ from transformers import (  # noqa: E402
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+from transformers.cache_utils import DynamicCache  # noqa: E402
 
+from splice._compat import cache_kwargs  # noqa: E402
 from splice.injection import (  # noqa: E402
-    CrossAttentionContext,
     CrossAttentionLayer,
     GatedCrossAttention,
+    cross_attention_kwargs,
     cross_attention_layers,
     cross_attention_parameters,
     find_decoder_layers,
-    get_cross_attention_context,
     inject_cross_attention,
-    injected_parameter_names,
 )
 
 VOCAB = 100
@@ -109,8 +109,23 @@ def open_gates(model: nn.Module, value: float = 0.5) -> None:
 
 
 @torch.no_grad()
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids).logits
+def logits(model: nn.Module, ids: torch.Tensor, *encoder_side) -> torch.Tensor:
+    """The decoder's logits; `encoder_side` = (states, mask) for an injected decoder."""
+    return model(input_ids=ids, **(cross_attention_kwargs(*encoder_side) if encoder_side else {})).logits
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, ids: torch.Tensor, states, mask, steps: int, use_cache: bool) -> torch.Tensor:
+    """Greedy decoding of an injected bare decoder (its `generate` takes no encoder side): with caches, each step
+    feeds one token and reads the keys/values projected at the first step; without, each step re-runs everything."""
+    self_cache, key_values = (DynamicCache(), DynamicCache()) if use_cache else (None, None)
+    fed = ids
+    for _ in range(steps):
+        out = model(input_ids=fed, **cache_kwargs(self_cache), use_cache=use_cache,
+                    **cross_attention_kwargs(states, mask, key_values))  # fmt: skip
+        ids = torch.cat([ids, out.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        fed = ids[:, -1:] if use_cache else ids
+    return ids
 
 
 families = pytest.mark.parametrize("family", list(FAMILIES))
@@ -154,14 +169,13 @@ def test_gate_zero_is_exact_identity(family):
     model = make_decoder(family)
     bare = copy.deepcopy(model)
     ids = input_ids()
-    context = inject_cross_attention(model, ENC_DIM, feed_forward=True)
+    inject_cross_attention(model, ENC_DIM, feed_forward=True)
     states, mask = encoder_inputs()
-    context.set(states, mask)
-    injected = logits(model, ids)
+    injected = logits(model, ids, states, mask)
     assert torch.equal(injected, logits(bare, ids))
     # The blocks did run (and would have changed the logits with any other gate value).
     open_gates(model, 1e-3)
-    assert not torch.equal(logits(model, ids), injected)
+    assert not torch.equal(logits(model, ids, states, mask), injected)
 
 
 @families
@@ -169,36 +183,31 @@ def test_open_gates_use_encoder_states_and_mask(family):
     model = make_decoder(family)
     bare = copy.deepcopy(model)
     ids = input_ids()
-    context = inject_cross_attention(model, ENC_DIM, every=2)
+    inject_cross_attention(model, ENC_DIM, every=2)
     open_gates(model)
     states, mask = encoder_inputs()
-    context.set(states, mask)
-    reference = logits(model, ids)
+    reference = logits(model, ids, states, mask)
     assert not torch.allclose(reference, logits(bare, ids))
 
     # Changing only masked encoder positions (sample 0, last two) leaves the logits unchanged.
     masked_change = states.clone()
     masked_change[0, -2:] += 10.0
-    context.set(masked_change, mask)
-    assert torch.equal(logits(model, ids), reference)
+    assert torch.equal(logits(model, ids, masked_change, mask), reference)
 
     # Changing an unmasked position changes the logits of that sample only.
     unmasked_change = states.clone()
     unmasked_change[0, 0] += 1.0
-    context.set(unmasked_change, mask)
-    changed = logits(model, ids)
+    changed = logits(model, ids, unmasked_change, mask)
     assert not torch.allclose(changed[0], reference[0])
     assert torch.equal(changed[1], reference[1])
 
     # Without a mask the padded positions are attended to.
-    context.set(states)
-    assert not torch.allclose(logits(model, ids)[0], reference[0])
+    assert not torch.allclose(logits(model, ids, states)[0], reference[0])
 
     # A fully masked sample gets no cross-attention at all (and no NaN).
     full_mask = mask.clone()
     full_mask[1] = 0
-    context.set(states, full_mask)
-    out = logits(model, ids)
+    out = logits(model, ids, states, full_mask)
     assert not out.isnan().any()
     assert torch.equal(out[1], logits(bare, ids)[1])
     assert torch.equal(out[0], reference[0])
@@ -207,14 +216,12 @@ def test_open_gates_use_encoder_states_and_mask(family):
 @families
 def test_generate_with_cache_matches_without(family):
     model = make_decoder(family)
-    context = inject_cross_attention(model, ENC_DIM, feed_forward=True)
+    inject_cross_attention(model, ENC_DIM, feed_forward=True)
     open_gates(model)
     states, mask = encoder_inputs()
-    context.set(states, mask)
     ids = input_ids()
-    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "attention_mask": torch.ones_like(ids)}
-    cached = model.generate(ids, use_cache=True, **kwargs)
-    uncached = model.generate(ids, use_cache=False, **kwargs)
+    cached = greedy(model, ids, states, mask, steps=6, use_cache=True)
+    uncached = greedy(model, ids, states, mask, steps=6, use_cache=False)
     assert cached.shape[1] > ids.shape[1]
     assert torch.equal(cached, uncached)
 
@@ -222,7 +229,7 @@ def test_generate_with_cache_matches_without(family):
 @families
 def test_key_value_projection_runs_once_per_generate(family):
     model = make_decoder(family)
-    context = inject_cross_attention(model, ENC_DIM)
+    inject_cross_attention(model, ENC_DIM)
     open_gates(model)
     blocks = [layer.cross_attention for _, layer in cross_attention_layers(model)]
     assert len(blocks) == NUM_LAYERS
@@ -238,26 +245,20 @@ def test_key_value_projection_runs_once_per_generate(family):
         block.k_proj.register_forward_hook(counter("k"))
         block.v_proj.register_forward_hook(counter("v"))
     states, mask = encoder_inputs()
-    context.set(states, mask)
     ids = input_ids()
-    generated = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    # A keys/values cache for the whole decoding: each block projects once, then every step reads the cache.
+    generated = greedy(model, ids, states, mask, steps=6, use_cache=True)
     assert generated.shape[1] == ids.shape[1] + 6
     assert calls == {"k": len(blocks), "v": len(blocks)}
 
-    # Re-setting the same tensor keeps the cache; a new tensor invalidates it.
-    context.set(states, mask)
-    logits(model, ids)
-    assert calls["k"] == len(blocks)
-    context.set(states.clone(), mask)
-    logits(model, ids)
+    # Without a cache every call projects, so nothing stale can be read: an in-place weight update (e.g. an
+    # optimizer step) is seen at the next call.
+    before = logits(model, ids, states, mask)
     assert calls["k"] == 2 * len(blocks)
-
-    # An in-place weight update (e.g. an optimizer step) invalidates it too, so no stale keys are used.
-    before = logits(model, ids)
     with torch.no_grad():
         blocks[-1].k_proj.weight.mul_(3.0)
-    after = logits(model, ids)
-    assert calls["k"] == 2 * len(blocks) + 1  # only the updated block projects again
+    after = logits(model, ids, states, mask)
+    assert calls["k"] == 3 * len(blocks)
     assert not torch.allclose(before, after)
 
 
@@ -308,8 +309,7 @@ def test_gradient_checkpointing(family):
             wrappers = [layer for _, layer in cross_attention_layers(decoder)]
             assert all(wrapper.base_layer.gradient_checkpointing for wrapper in wrappers)
         decoder.zero_grad()
-        with get_cross_attention_context(decoder).bind(states, mask):
-            decoder(input_ids=ids, labels=ids).loss.backward()
+        decoder(input_ids=ids, labels=ids, **cross_attention_kwargs(states, mask)).loss.backward()
         return {name: param.grad for name, param in cross_attention_parameters(decoder)}
 
     with_checkpointing = gradients(True)
@@ -332,7 +332,9 @@ def test_state_dict_attributes_and_double_injection(family):
     assert f"{path}.1.cross_attention.q_proj.weight" in keys
     assert f"{path}.1.cross_attention.attn_gate" in keys
     assert not any(key.startswith(f"{path}.0.base_layer") for key in keys)  # layer 0 is not wrapped
-    assert set(injected_parameter_names(model)) == {key for key in keys if ".cross_attention." in key}
+    assert {name for name, _ in cross_attention_parameters(model)} == {
+        key for key in keys if ".cross_attention." in key
+    }
 
     # Attribute accesses on the layer (self_attn, attention_type, layer_idx, ...) reach the original layer.
     wrapper = find_decoder_layers(model)[1][1]
@@ -351,26 +353,25 @@ def test_state_dict_attributes_and_double_injection(family):
     # The state dict round-trips into a freshly injected copy of the bare architecture.
     open_gates(model)
     fresh = make_decoder(family)
-    fresh_context = inject_cross_attention(fresh, ENC_DIM, every=2)
+    inject_cross_attention(fresh, ENC_DIM, every=2)
     fresh.load_state_dict(model.state_dict())
     states, mask = encoder_inputs()
-    get_cross_attention_context(model).set(states, mask)
-    fresh_context.set(states, mask)
-    assert torch.equal(logits(fresh, input_ids()), logits(model, input_ids()))
+    assert torch.equal(logits(fresh, input_ids(), states, mask), logits(model, input_ids(), states, mask))
 
 
 @families
 def test_output_hidden_states_include_cross_attention(family):
     model = make_decoder(family)
-    context = inject_cross_attention(model, ENC_DIM)
+    inject_cross_attention(model, ENC_DIM)
     open_gates(model)
     layer_inputs = []
     for _, layer in cross_attention_layers(model):
         layer.register_forward_pre_hook(lambda module, args: layer_inputs.append(args[0]))
     states, mask = encoder_inputs()
-    context.set(states, mask)
     with torch.no_grad():
-        hidden_states = model(input_ids=input_ids(), output_hidden_states=True).hidden_states
+        hidden_states = model(
+            input_ids=input_ids(), output_hidden_states=True, **cross_attention_kwargs(states, mask)
+        ).hidden_states
     assert len(hidden_states) == NUM_LAYERS + 1
     # The output recorded for layer i is the input of layer i + 1, i.e. it includes the cross-attention.
     for index in range(1, NUM_LAYERS):
@@ -379,21 +380,17 @@ def test_output_hidden_states_include_cross_attention(family):
 
 def test_missing_encoder_states_raises():
     model = make_decoder("llama")
-    context = inject_cross_attention(model, ENC_DIM)
+    inject_cross_attention(model, ENC_DIM)
     with pytest.raises(RuntimeError, match="encoder states"):
         logits(model, input_ids())
-    context.set(*encoder_inputs())
-    logits(model, input_ids())
-    context.clear()
-    with pytest.raises(RuntimeError, match="encoder states"):
+    logits(model, input_ids(), *encoder_inputs())
+    with pytest.raises(RuntimeError, match="encoder states"):  # nothing from the previous call is kept
         logits(model, input_ids())
 
 
-def test_shared_context_and_custom_layers_attr():
+def test_custom_layers_attr():
     model = make_decoder("gpt2")
-    context = CrossAttentionContext()
-    returned = inject_cross_attention(model, ENC_DIM, layers_attr="transformer.h", context=context, every=4)
-    assert returned is context
+    assert inject_cross_attention(model, ENC_DIM, layers_attr="transformer.h", every=4) == 1
     assert [name for name, _ in cross_attention_layers(model)] == ["transformer.h.3"]
 
 
@@ -407,14 +404,12 @@ def test_tuple_outputs_are_preserved():
         def forward(self, hidden_states, attention_mask=None):
             return self.proj(hidden_states), "attn-weights", attention_mask
 
-    context = CrossAttentionContext()
-    layer = CrossAttentionLayer(TupleLayer(), GatedCrossAttention(16, ENC_DIM, num_heads=2), context)
+    layer = CrossAttentionLayer(TupleLayer(), GatedCrossAttention(16, ENC_DIM, num_heads=2))
     with torch.no_grad():
         layer.cross_attention.attn_gate.fill_(0.5)
     hidden = torch.randn(2, 3, 16)
     states, mask = encoder_inputs()
-    context.set(states, mask)
-    out = layer(hidden, attention_mask="mask")
+    out = layer(hidden, attention_mask="mask", **cross_attention_kwargs(states, mask))
     assert isinstance(out, tuple) and out[1:] == ("attn-weights", "mask")
     base_out = layer.base_layer(hidden)[0]
     expected = layer.cross_attention(base_out, states, mask)

@@ -7,12 +7,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers as T  # noqa: E402
 from tiny import gpt2_config, llama_config, mkldnn_enabled, pixel_values, randomize, vit_config  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: E402
 
 import splice  # noqa: E402
-from splice.onednn import OneDNNLinear, onednn_available, onednn_lm_head  # noqa: E402
+from splice import onednn  # noqa: E402
+from splice.onednn import OneDNNLinear, onednn_available, use_onednn_lm_head  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="oneDNN linears need an x86 CPU build with oneDNN")
 
@@ -53,33 +56,48 @@ def test_onednn_linear_defers_to_the_layer_under_autograd_and_autocast():
         assert OneDNNLinear(base)(x).dtype == torch.bfloat16  # autocast honoured, as F.linear would
 
 
-def test_lm_head_is_wrapped_only_inside_the_block_and_restored():
+def test_lm_head_is_wrapped_once_at_build_with_the_same_parameters_and_keys():
     model = spliced(gpt2_config())
     head = model.decoder.lm_head
-    keys = set(model.state_dict())
-    with onednn_lm_head(model.decoder) as wrapped:
-        assert wrapped == onednn_available()
-        if wrapped:
-            assert isinstance(model.decoder.lm_head, OneDNNLinear)
-            assert model.decoder.lm_head.base_layer is head
-    assert model.decoder.lm_head is head
-    assert set(model.state_dict()) == keys
-    # PyTorch's own switch turns it off.
-    with mkldnn_enabled(False), onednn_lm_head(model.decoder) as wrapped:
-        assert not wrapped and model.decoder.lm_head is head
+    assert isinstance(head, OneDNNLinear) == onednn_available()
+    assert isinstance(head, nn.Linear)  # PEFT and every `isinstance(nn.Linear)` check still see a linear layer
+    # The head shares the tied embedding: same parameter, same state-dict keys as transformers' GPT-2.
+    assert head.weight is model.decoder.transformer.wte.weight
+    bare = T.GPT2LMHeadModel(model.config.decoder)
+    assert {k for k in model.state_dict() if k.startswith("decoder.")} == {f"decoder.{k}" for k in bare.state_dict()}
+    # Generating changes nothing in the module tree (two threads may generate at once).
+    before = [(name, id(module)) for name, module in model.named_modules()]
+    model.generate(pixel_values(vit_config(), batch=1), max_new_tokens=2)
+    assert [(name, id(module)) for name, module in model.named_modules()] == before
 
 
 @needs_onednn
 def test_heads_it_cannot_run_exactly_are_left_alone():
-    model = spliced(gpt2_config())
-    head = model.decoder.lm_head
+    decoder = T.GPT2LMHeadModel(gpt2_config())
+    head = decoder.lm_head
     handle = head.register_forward_pre_hook(lambda module, args: None)  # hooks may move weights (accelerate)
-    with onednn_lm_head(model.decoder) as wrapped:
-        assert not wrapped and model.decoder.lm_head is head
+    assert not use_onednn_lm_head(decoder) and decoder.lm_head is head
     handle.remove()
-    model.decoder.to(torch.bfloat16)
-    with onednn_lm_head(model.decoder) as wrapped:
-        assert not wrapped and model.decoder.lm_head is head
+    decoder.to(torch.bfloat16)
+    assert not use_onednn_lm_head(decoder) and decoder.lm_head is head
+    decoder.to(torch.float32)
+    assert use_onednn_lm_head(decoder) and decoder.lm_head.weight is head.weight
+    assert not use_onednn_lm_head(decoder)  # once only
+
+
+@needs_onednn
+def test_only_decoding_step_shapes_take_onednn(monkeypatch):
+    head = OneDNNLinear(nn.Linear(16, 40))
+    calls = []
+    monkeypatch.setattr(onednn, "_linear_pointwise", lambda *args: calls.append(1) or F.linear(*args[:3]))
+    with torch.no_grad():
+        head(torch.randn(3, 1, 16))  # a decoding step: one position per row
+        assert len(calls) == 1
+        head(torch.randn(3, 5, 16))  # a forward over a sequence stays bit-identical to F.linear
+        with mkldnn_enabled(False):
+            head(torch.randn(3, 1, 16))
+    head(torch.randn(3, 1, 16, requires_grad=True))  # autograd
+    assert len(calls) == 1
 
 
 @needs_onednn
@@ -115,7 +133,6 @@ def test_generate_uses_the_onednn_head_and_gives_the_same_ids(decoder_config, kw
             finite = torch.isfinite(expected)
             assert torch.equal(finite, torch.isfinite(got))
             assert relative_error(got[finite], expected[finite]) <= 1e-5
-    assert isinstance(model.decoder.get_output_embeddings(), nn.Linear)  # put back after generate
 
 
 def test_beam_reorder_moves_self_attention_only():

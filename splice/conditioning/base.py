@@ -32,8 +32,10 @@ def text_config(model: nn.Module) -> PreTrainedConfig | None:
 def decoder_dimensions(decoder: nn.Module) -> tuple[int, int, float]:
     """Width, attention heads and layer-norm epsilon of a decoder, whatever its family calls them."""
     config = text_config(decoder)
-    found = [next((v for v in (getattr(config, k, None) for k in keys) if isinstance(v, int)), None)
-             for keys in (_HIDDEN_SIZE_KEYS, _NUM_HEADS_KEYS)]
+    found = [
+        next((v for v in (getattr(config, k, None) for k in keys) if isinstance(v, int)), None)
+        for keys in (_HIDDEN_SIZE_KEYS, _NUM_HEADS_KEYS)
+    ]
     if None in found:
         raise ValueError(
             f"Cannot read the hidden size and number of attention heads from {type(config).__name__}: it has none of "

@@ -26,6 +26,7 @@ from .._compat import active_output_collector, cache_kwargs
 from ..encoders import encoder_hidden_size
 from .base import _NUM_LAYERS_KEYS, Conditioning, decoder_dimensions, self_attention_cache, text_config
 
+
 def find_decoder_layers(model: nn.Module, layers_attr: str | None = None) -> tuple[str, nn.ModuleList]:
     """
     Locate the decoder's list of transformer blocks.

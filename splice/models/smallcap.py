@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import torch
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from .. import inference
@@ -173,4 +172,6 @@ class SmallCapModel(VisionEncoderDecoderModel):
 
     def encode_prompts(self, tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Start token + prompt ids, left-padded: `decoder_input_ids` and `decoder_attention_mask` `[B, P]`."""
-        return inference.encode_prompts(tokenizer, prompts, self.config.decoder_start_token_id, self.config.pad_token_id)
+        return inference.encode_prompts(
+            tokenizer, prompts, self.config.decoder_start_token_id, self.config.pad_token_id
+        )

@@ -20,7 +20,7 @@ from transformers.utils import logging
 
 from .. import inference
 from .._compat import COMPATIBILITY_HINT, TRANSFORMERS_VERSION, cache_kwargs, output_cache, pop_cache
-from ..conditioning import enable_cross_attention, resolve_conditioning, strategy
+from ..conditioning import strategy
 from ..conditioning.base import self_attention_cache
 from ..conditioning.injected import GatedCrossAttention
 from ..conditioning.prefix import PrefixProjector
@@ -120,7 +120,6 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
         self.conditioning = strategy(config.conditioning)
         self.conditioning.build(self)
         self._after_conditioning_built()
-        use_onednn_lm_head(decoder)
         # Modules splice adds live where the decoder lives (a pretrained decoder may be bf16, or on a GPU).
         reference = next(decoder.parameters())
         for name in ("enc_to_dec_proj", "prefix_projector"):
@@ -132,6 +131,7 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
             # Declared as tied weights, so transformers ties them, saves each once and re-ties them on load.
             self._tied_weights_keys = self._encoder_decoder_tied_keys()
         self.post_init()
+        use_onednn_lm_head(decoder)  # after initialisation, which would re-draw a new module's (shared) weight
         self._synced_tokens: dict[str, Any] = {}
         self._sync_generation_config()
 
@@ -296,7 +296,9 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T_total]
             model_inputs["decoder_position_ids"] = positions[:, -fed.shape[1] :]
         if expected > 0:  # the prefix mode's cache holds the prefix before the text
-            states, states_mask = self._decoder_side_states(kwargs["encoder_outputs"][0], kwargs.get("attention_mask"), cache)
+            states, states_mask = self._decoder_side_states(
+                kwargs["encoder_outputs"][0], kwargs.get("attention_mask"), cache
+            )
             expected += self.conditioning.cached_prefix_length(self, states, states_mask)
         if expected > 0 and held < expected:
             raise RuntimeError(
@@ -400,7 +402,9 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
         decoding = cache is not None and cache.get_seq_length() > 0
-        encoder_hidden_states, encoder_attention_mask = self._decoder_side_states(encoder_outputs[0], attention_mask, cache)
+        encoder_hidden_states, encoder_attention_mask = self._decoder_side_states(
+            encoder_outputs[0], attention_mask, cache
+        )
 
         if labels is not None:
             self._check_ids("labels", labels)
@@ -510,6 +514,9 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
         )
 
     def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+        # Eager calls only: the check reads values back to the host, which a compiled graph must not (it is traced once).
+        if torch.compiler.is_compiling():
+            return
         vocab_size = self.config.decoder.vocab_size
         valid = ids[ids != -100] if name == "labels" else ids
         if valid.numel() and (valid.min() < 0 or valid.max() >= vocab_size):
