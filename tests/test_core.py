@@ -317,7 +317,8 @@ def test_no_encoder_states_are_held_after_a_forward_or_a_generate():
             f"{name}.{key}"
             for name, module in model.named_modules()
             for key, value in vars(module).items()
-            if isinstance(value, torch.Tensor) or (isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value))
+            if isinstance(value, torch.Tensor)
+            or (isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value))
         ]
 
     with torch.no_grad():

@@ -39,7 +39,8 @@ def decoder_dimensions(decoder: nn.Module) -> tuple[int, int, float]:
     if None in found:
         raise ValueError(
             f"Cannot read the hidden size and number of attention heads from {type(config).__name__}: it has none of "
-            f"{_HIDDEN_SIZE_KEYS} / {_NUM_HEADS_KEYS}. Set `hidden_size` and `num_attention_heads` on the decoder config."
+            f"{_HIDDEN_SIZE_KEYS} / {_NUM_HEADS_KEYS}. Set `hidden_size` and `num_attention_heads` on the decoder "
+            "config."
         )
     eps = getattr(config, "layer_norm_eps", None) or getattr(config, "layer_norm_epsilon", None) or 1e-5
     return found[0], found[1], eps

@@ -514,7 +514,7 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
         )
 
     def _check_ids(self, name: str, ids: torch.Tensor) -> None:
-        # Eager calls only: the check reads values back to the host, which a compiled graph must not (it is traced once).
+        # Eager calls only: the check reads values back to the host, which a compiled graph must not.
         if torch.compiler.is_compiling():
             return
         vocab_size = self.config.decoder.vocab_size
