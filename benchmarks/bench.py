@@ -37,7 +37,7 @@ from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import splice  # noqa: E402
-from splice.feature_cache import FeatureCache, cached_batch  # noqa: E402
+from splice.training.feature_cache import FeatureCache, cached_batch  # noqa: E402
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()  # "Loading weights" bars on every from_pretrained

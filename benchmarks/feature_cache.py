@@ -17,8 +17,8 @@ from transformers import GPT2Config, ViTConfig
 from transformers.modeling_outputs import BaseModelOutput
 
 from splice import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
-from splice.feature_cache import FeatureCache
-from splice.freezing import apply_freeze_policy
+from splice.training.feature_cache import FeatureCache
+from splice.training.freezing import apply_freeze_policy
 
 
 def build(width: int, layers: int) -> VisionEncoderDecoderModel:

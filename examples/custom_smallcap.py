@@ -26,7 +26,7 @@ from transformers import (
 )
 
 import splice
-from splice.freezing import apply_freeze_policy
+from splice.training.freezing import apply_freeze_policy
 
 
 @strict

@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel
 
-from splice.builtin_data import make_dataset, train_tokenizer
+from splice.data.builtin import make_dataset, train_tokenizer
+from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapModel, build_prompt
 from splice.retrieval import Datastore, frozen_encoder_embedder
-from splice.smallcap import NO_RETRIEVAL_PROMPT, SmallCapModel, build_prompt
-from splice.train import TrainConfig, evaluate, load_records, train
+from splice.training.config import TrainConfig
+from splice.training.pipeline import evaluate, load_records, train
 
 # The word-level tokenizer splits on spaces only, so the full stop stands apart.
 TEMPLATE = "Similar images show {captions} . This image shows "

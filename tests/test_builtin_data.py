@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from splice import builtin_data
-from splice.builtin_data import COLOURS, DOMAINS, PLACES, make_dataset, to_hf_dataset, train_tokenizer
+from splice.data import builtin as builtin_data
+from splice.data.builtin import COLOURS, DOMAINS, PLACES, make_dataset, to_hf_dataset, train_tokenizer
 
 
 def _foreground(image):

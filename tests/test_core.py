@@ -312,6 +312,7 @@ def test_no_encoder_states_are_held_after_a_forward_or_a_generate():
     )  # fmt: skip
     model = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(vit_config(), llama)).eval()
     assert model.config.conditioning == "injected"
+
     def held_tensors() -> list[str]:  # tensors kept on modules outside their parameters and buffers
         return [
             f"{name}.{key}"

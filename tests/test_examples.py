@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 import splice
+import splice.injection
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_smallcap.py"
 

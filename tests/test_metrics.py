@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import EvalPrediction
 
-from splice import metrics
-from splice.builtin_data import train_tokenizer
-from splice.metrics import build_compute_metrics, caption_metrics, decode_predictions, ocr_metrics
+from splice.data.builtin import train_tokenizer
+from splice.training import metrics
+from splice.training.metrics import build_compute_metrics, caption_metrics, decode_predictions, ocr_metrics
 
 CAPTIONS = [
     "a red circle on the left",

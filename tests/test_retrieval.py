@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splice.retrieval import Datastore, Embedder, add_datastore_parser, retrieve_cached
+from splice.cli.datastore import add_datastore_parser
+from splice.retrieval import Datastore, Embedder, retrieve_cached
 
 CORPUS = [
     "a red circle on the left",

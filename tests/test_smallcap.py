@@ -5,9 +5,10 @@ import torch
 import transformers as T
 
 import splice
-from splice.builtin_data import train_tokenizer
+import splice.injection
 from splice.data import SpliceCollator
-from splice.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel, build_prompt
+from splice.data.builtin import train_tokenizer
+from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel, build_prompt
 
 CAPTIONS = ["a red circle on the left", "a blue square on the right", "a green star at the top", "two red squares"]
 

@@ -39,7 +39,7 @@ def test_train_flags_save_model_processor_metrics_and_logs(tmp_path, capsys):
     assert isinstance(model.processor, splice.SpliceProcessor)
     # max_new_tokens comes from the longest training target, not transformers' max_length=20.
     tokenizer = model.processor.tokenizer
-    from splice.train import load_records
+    from splice.training.pipeline import load_records
 
     longest = max(len(tokenizer(r["text"]).input_ids) for r in load_records("builtin:shapes", "caption", 16, 0, 32))
     assert model.generation_config.max_new_tokens == longest

@@ -5,16 +5,13 @@ Runs unchanged on one process, under `torchrun --nproc_per_node N` and under `ac
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -26,87 +23,19 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from .configuration import uses_native_cross_attention
-from .data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs
-from .modeling import EncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
-from .processing import SpliceProcessor
+from ..conditioning import resolve_conditioning
+from ..data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs, open_image
+from ..data.builtin import make_dataset, train_tokenizer
+from ..models import EncoderDecoderModel, SmallCapModel, SpliceModel, VisionEncoderDecoderModel
+from ..processing import SpliceProcessor, decode_predictions
+from ..retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
+from .config import PRESETS, TASKS, TrainConfig
+from .feature_cache import FeatureCache, cached_batch, content_key
+from .freezing import apply_freeze_policy, trainable_counts
+from .lora import apply_lora
+from .metrics import build_compute_metrics, caption_metrics, ocr_metrics
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("caption", "ocr", "text")
-
-
-@dataclass
-class TrainConfig:
-    r"""
-    Everything `splice train` needs; every field is also a command-line flag and a YAML key.
-
-    Args:
-        encoder: a checkpoint (hub id or directory), or a config dict with `model_type` to start from random weights.
-        decoder: same, for the decoder.
-        conditioning: `"auto"`, `"native"`, `"injected"` or `"prefix"`.
-        model_kwargs: more composite config fields (e.g. `cross_attention_reduce_factor`, `prefix_length`).
-        freeze: `"none"`, `"encoder"` or `"encoder+decoder"` (only the conditioning layers train); default `"none"`,
-            or `"encoder+decoder"` for the SmallCap preset.
-        lora_rank: LoRA rank on the decoder (0: no LoRA).
-        data: `builtin:shapes`, `builtin:ocr`, an image folder, a COCO/Karpathy JSON, or a text-pair JSONL.
-        eval_data: same; for built-in data, held-out scenes are generated with another seed when omitted.
-        task: `"caption"`, `"ocr"` or `"text"`; inferred from the data when omitted.
-        data_options: options of the built-in generator (e.g. `{"domain": "b"}` for shapes).
-        n_train, n_eval: sizes of generated built-in data.
-        image_size: built-in data's image size (`int` or `[width, height]`; each task has a default).
-        tokenizer: a tokenizer directory or hub id; when omitted, the decoder's own, else one trained on the data.
-        max_new_tokens: generation length; derived from the longest training target when omitted.
-        feature_cache: cache the frozen encoder's outputs on disk (only when the encoder is frozen).
-        resume: continue from the last checkpoint in `output_dir`.
-        preset: `"smallcap"`: [`SmallCapModel`], frozen encoder and decoder, retrieval-augmented prompts.
-        datastore: SmallCap: a datastore directory (`splice datastore build`); when omitted, one is built from the
-            training captions (image keys embedded by the frozen encoder, or text keys with `retrieval_embedder`).
-        retrieval_embedder: SmallCap: a CLIP-style checkpoint for text keys when the datastore is built here.
-        retrieval_k: SmallCap: retrieved captions per image (0: no retrieval, the prompt is "This image shows ").
-    """
-
-    encoder: str | dict = "google/vit-base-patch16-224-in21k"
-    decoder: str | dict = "openai-community/gpt2"
-    conditioning: str = "auto"
-    model_kwargs: dict = field(default_factory=dict)
-    freeze: str | None = None
-    lora_rank: int = 0
-    data: str = "builtin:shapes"
-    eval_data: str | None = None
-    task: str | None = None
-    data_options: dict = field(default_factory=dict)
-    n_train: int = 2000
-    n_eval: int = 200
-    image_size: int | list[int] | None = None
-    tokenizer: str | None = None
-    output_dir: str = "splice-run"
-    epochs: float = 3.0
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    max_new_tokens: int | None = None
-    num_beams: int = 1
-    feature_cache: bool = True
-    resume: bool = False
-    seed: int = 0
-    logging_steps: int = 25
-    save_total_limit: int = 2
-    preset: str | None = None
-    datastore: str | None = None
-    retrieval_embedder: str | None = None
-    retrieval_k: int = 4
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a YAML file of fields; `overrides` (e.g. from command-line flags) win."""
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; see `splice train --help`.")
-        return cls(**(values | overrides))
 
 
 def load_records(
@@ -121,8 +50,6 @@ def load_records(
         n, seed, image_size, options: for built-in data.
     """
     if source.startswith("builtin:"):
-        from .builtin_data import make_dataset
-
         size = tuple(image_size) if isinstance(image_size, list) else image_size
         examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=size, **(options or {}))
         return [{"image": e.image, "text": e.caption, "references": e.references} for e in examples]
@@ -155,8 +82,6 @@ def build_tokenizer(config: TrainConfig, records: list[dict], task: str):
         return AutoTokenizer.from_pretrained(config.tokenizer)
     if isinstance(config.decoder, str):
         return AutoTokenizer.from_pretrained(config.decoder)
-    from .builtin_data import train_tokenizer
-
     return train_tokenizer([r["text"] for r in records], kind="char" if task == "ocr" else "word")
 
 
@@ -174,11 +99,9 @@ def _part(spec: str | dict, auto_class: Any, **config_overrides: Any):
 
 def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
     """The composite model, its vocabulary sized to the tokenizer and its special tokens taken from it."""
-    if config.preset not in (None, "smallcap"):
-        raise ValueError(f"preset={config.preset!r} is not known; the presets are: smallcap.")
+    if config.preset is not None and config.preset not in PRESETS:
+        raise ValueError(f"preset={config.preset!r} is not known; the presets are: {', '.join(PRESETS)}.")
     if config.preset == "smallcap":
-        from .smallcap import SmallCapModel
-
         model_class = SmallCapModel
     else:
         model_class = EncoderDecoderModel if task == "text" else VisionEncoderDecoderModel
@@ -190,7 +113,7 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
         decoder_config = AutoConfig.for_model(config.decoder["model_type"])
     else:
         decoder_config = AutoConfig.from_pretrained(config.decoder)
-    if uses_native_cross_attention(config.conditioning, decoder_config):
+    if resolve_conditioning(config.conditioning, decoder_config) == "native":
         decoder_overrides |= {"is_decoder": True, "add_cross_attention": True}
     encoder = _part(config.encoder, AutoModel)
     decoder = _part(config.decoder, AutoModelForCausalLM, **decoder_overrides)
@@ -226,9 +149,6 @@ def train(config: TrainConfig) -> dict[str, float]:
     Returns:
         The held-out metrics (all references per item).
     """
-    from .freezing import apply_freeze_policy, apply_lora, trainable_counts
-    from .metrics import build_compute_metrics
-
     torch.manual_seed(config.seed)
     task = infer_task(config)
     records = load_records(config.data, task, config.n_train, config.seed, config.image_size, config.data_options)
@@ -238,11 +158,12 @@ def train(config: TrainConfig) -> dict[str, float]:
     )
     tokenizer = build_tokenizer(config, records, task)
     model = build_model(config, tokenizer, task)
-    freeze = config.freeze or ("encoder+decoder" if config.preset == "smallcap" else "none")
-    counts = apply_freeze_policy(model, freeze)
+    # Without `freeze`, the model's own default: everything trains, except in SmallCap (which freezes itself).
+    counts = apply_freeze_policy(model, config.freeze) if config.freeze is not None else trainable_counts(model)
     if config.lora_rank:
         model = apply_lora(model, r=config.lora_rank)  # LoRA trains with the conditioning layers only
-        freeze, counts = "encoder+decoder", trainable_counts(model, verbose=False)
+        counts = trainable_counts(model, verbose=False)
+    encoder_frozen = not any(param.requires_grad for param in model.encoder.parameters())
 
     image_processor = build_image_processor(config, model) if task != "text" else None
     collator = SpliceCollator.for_model(model, tokenizer, image_processor)
@@ -276,7 +197,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         dataloader_num_workers=0,
     )
-    if config.feature_cache and freeze != "none" and task != "text":
+    if config.feature_cache and encoder_frozen and task != "text":
         collator = cache_encoder_features(model, collator, records + eval_records, config, args)
     trainer = Seq2SeqTrainer(
         model=model,
@@ -307,9 +228,6 @@ def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], 
     by group); an external datastore excludes them only where records carry the matching `"group"`. Retrieval runs
     once per image and datastore, cached next to the run.
     """
-    from .feature_cache import content_key
-    from .retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
-
     if config.retrieval_k == 0:
         for record in records + eval_records:
             record["retrieved"], record["prompt"] = [], model.prompts(None, 1)[0]
@@ -351,17 +269,12 @@ class CachedFeaturesCollator:
         self.cache, self.collator = cache, collator
 
     def __call__(self, records: list[dict]) -> dict[str, Any]:
-        from .feature_cache import cached_batch
-
         batch = self.collator.targets(records) | {"images": [r["image"] for r in records]}
         return cached_batch(self.cache, batch, items_key="images")
 
 
 def cache_encoder_features(model, collator: SpliceCollator, records: list[dict], config: TrainConfig, args):
     """Encode every image once with the frozen encoder (main process first), and collate from the cache."""
-    from .data import open_image
-    from .feature_cache import FeatureCache
-
     processor = collator.image_processor
     cache = FeatureCache(
         Path(config.output_dir) / "feature-cache",
@@ -390,9 +303,6 @@ def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_pro
     """Generate for each record in batches (images or source texts)."""
     from tqdm.auto import tqdm
 
-    from .data import open_image
-    from .processing import decode_predictions
-
     model.eval()
     texts: list[str] = []
     for start in tqdm(range(0, len(records), batch_size), desc="generating", leave=False):
@@ -415,8 +325,6 @@ def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_pro
 
 def evaluate(model: SpliceModel, records, tokenizer, image_processor, task: str, batch_size: int = 32) -> dict:
     """Metrics of the model's generations against every reference of each record."""
-    from .metrics import caption_metrics, ocr_metrics
-
     predictions = generate_texts(model, records, tokenizer, image_processor, batch_size)
     if task == "ocr":
         return ocr_metrics(predictions, [r["text"] for r in records])

@@ -7,11 +7,14 @@ generated data, save the model with its processor and caption a few held-out ima
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from pathlib import Path
 
-from .train import TrainConfig, load_records, train
+from ..training.config import TrainConfig
+
+HELP = "train a small captioner on generated data, offline, and caption samples"
 
 
 def _model(image_size: int | list[int], patch_size: int | list[int], width: int, layers: int) -> dict:
@@ -52,7 +55,8 @@ def run_demo(task: str = "shapes", output_dir: str | None = None, quick: bool = 
     Returns:
         The held-out metrics, plus `seconds` and `output_dir`.
     """
-    import splice
+    from ..models import VisionEncoderDecoderModel
+    from ..training.pipeline import load_records, train
 
     config = dataclasses.replace(DEMOS[task], output_dir=output_dir or f"splice-demo-{task}")
     if quick:
@@ -61,7 +65,7 @@ def run_demo(task: str = "shapes", output_dir: str | None = None, quick: bool = 
     metrics = train(config)
     seconds = time.time() - start
 
-    model = splice.VisionEncoderDecoderModel.from_pretrained(config.output_dir)
+    model = VisionEncoderDecoderModel.from_pretrained(config.output_dir)
     samples = load_records(config.data, task, 4, seed=config.seed + 2, image_size=config.image_size)
     captions = model.caption([s["image"] for s in samples])
     print(f"\nsplice demo ({task}): {seconds:.0f} s on this machine; model saved to {Path(config.output_dir)}")
@@ -69,3 +73,15 @@ def run_demo(task: str = "shapes", output_dir: str | None = None, quick: bool = 
     for caption, sample in zip(captions, samples):
         print(f"  generated: {caption!r:40} reference: {sample['text']!r}")
     return metrics | {"seconds": seconds, "output_dir": config.output_dir}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `splice demo`."""
+    parser.add_argument("--task", choices=tuple(DEMOS), default="shapes")
+    parser.add_argument("--output-dir", default=None, help="default: splice-demo-<task>")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a handful of samples (smoke test)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the demo chosen."""
+    run_demo(args.task, args.output_dir, quick=args.quick)

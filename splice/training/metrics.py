@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pycocoevalcap.meteor.meteor import Meteor
     from transformers import EvalPrediction
 
-from .processing import decode_predictions
+from ..processing import decode_predictions
 
 logger = logging.get_logger(__name__)
 

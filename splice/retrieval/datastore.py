@@ -1,36 +1,24 @@
-"""Retrieval-augmented captioning (SmallCap-style): a datastore of captions searched with image embeddings.
-
-A CLIP-style dual encoder ([`Embedder`]) embeds the captions of a corpus into a [`Datastore`] (an exact inner-product
-FAISS index over L2-normalised vectors, so scores are cosine similarities); an image is embedded with the image tower
-and the captions nearest to it are retrieved, e.g. to prompt a captioner. In training, the query image's own captions
-are excluded (`exclude_groups`), so the model learns to use related captions rather than copy the answer. Swapping the
-datastore at inference transfers a captioner to a new domain without training.
+"""The datastore: captions behind an exact inner-product FAISS index over L2-normalised keys, saved and loaded as a
+directory, with cached retrieval for training.
 
 Files written by [`Datastore.save`]: `index.faiss`, `captions.jsonl` (one `{"caption", "group"}` per key, in index
 order) and `datastore.json` (embedder identity, kind of keys, dimension, count, splice version).
-
-FAISS is imported on first use, so `splice` (and its command line) works without it: `pip install faiss-cpu`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
-from .data import open_image
+from .embedder import FROZEN_ENCODER_EMBEDDER, Embedder, _normalised, frozen_encoder_embedder
 
 if TYPE_CHECKING:
     import faiss
@@ -40,9 +28,6 @@ CAPTIONS_NAME = "captions.jsonl"
 META_NAME = "datastore.json"
 KEY_KINDS = ("text", "image")
 
-TextFn = Callable[[list[str]], Any]
-ImageFn = Callable[[list[Image.Image]], Any]
-
 
 def _faiss() -> Any:
     try:
@@ -50,131 +35,6 @@ def _faiss() -> Any:
     except ImportError as error:
         raise ImportError("splice.retrieval needs FAISS: `pip install faiss-cpu` (or faiss-gpu).") from error
     return faiss
-
-
-def _normalised(vectors: Any) -> np.ndarray:
-    """float32 C-contiguous rows of unit length (zero rows stay zero)."""
-    vectors = np.array(vectors, dtype=np.float32)  # a copy, so the caller's array is never modified
-    if vectors.ndim != 2:
-        raise ValueError(f"Expected embeddings of shape [N, D], got shape {vectors.shape}.")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # [N, 1]
-    return vectors / np.maximum(norms, 1e-12)
-
-
-class Embedder:
-    r"""
-    Embeds texts and images into one space, as L2-normalised float32 arrays `[N, D]`.
-
-    Build it from a CLIP-style checkpoint with [`Embedder.from_pretrained`], or from your own functions with
-    [`Embedder.from_functions`]. Its `identity` is saved with a datastore, so a datastore is never queried with
-    embeddings from another space.
-
-    Args:
-        text_fn (`Callable[[list[str]], array]`): embeds a batch of texts, `[B, D]`.
-        image_fn (`Callable[[list[PIL.Image.Image]], array]`, *optional*): embeds a batch of RGB images, `[B, D]`.
-        identity (`dict`): JSON-serialisable description of the embedding space.
-    """
-
-    def __init__(self, text_fn: TextFn, image_fn: ImageFn | None, identity: dict[str, Any]):
-        self.text_fn = text_fn
-        self.image_fn = image_fn
-        self.identity = json.loads(json.dumps(identity))  # as it will read back from datastore.json
-
-    @classmethod
-    def from_functions(cls, text_fn: TextFn, image_fn: ImageFn | None, identity: dict[str, Any]) -> Embedder:
-        r"""
-        An embedder from user functions (outputs are L2-normalised for you).
-
-        Args:
-            text_fn (`Callable[[list[str]], array]`): embeds a batch of texts, `[B, D]` (numpy array, CPU tensor or
-                nested lists).
-            image_fn (`Callable[[list[PIL.Image.Image]], array]` or `None`): embeds a batch of RGB images, `[B, D]`;
-                `None` for a text-only embedder.
-            identity (`dict`): names the embedding space, e.g. `{"name_or_path": "my-encoder-v2", "class": "mine",
-                "dim": 512}`; a datastore built with it loads only with an embedder of equal identity.
-
-        Returns:
-            [`Embedder`]
-        """
-        return cls(text_fn, image_fn, identity)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | None = None) -> Embedder:
-        r"""
-        A CLIP-style dual encoder: a checkpoint whose model has `get_text_features` and `get_image_features`
-        (`CLIPModel`, `SiglipModel`, ...), with its tokenizer and image processor.
-
-        Args:
-            name_or_path (`str`): hub id or local directory (local paths are made absolute in the identity).
-            device (`str`, *optional*): defaults to `"cuda"` when available, else `"cpu"`.
-
-        Returns:
-            [`Embedder`]: identity `{"name_or_path", "class", "dim"}`.
-        """
-        import torch
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModel.from_pretrained(name_or_path).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        max_length = min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
-        # SigLIP was trained on texts padded to the full length (its pooled output is the last position).
-        padding = "max_length" if model.config.model_type.startswith("siglip") else True
-
-        def pooled(output: Any) -> np.ndarray:
-            # transformers >= 5.x returns a model output whose pooler_output is the projected embedding.
-            features = output if isinstance(output, torch.Tensor) else output.pooler_output  # [B, D]
-            return features.float().cpu().numpy()
-
-        @torch.no_grad()
-        def text_fn(texts: list[str]) -> np.ndarray:
-            inputs = tokenizer(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
-            return pooled(model.get_text_features(**inputs.to(device)))
-
-        @torch.no_grad()
-        def image_fn(images: list[Image.Image]) -> np.ndarray:
-            inputs = image_processor(images=images, return_tensors="pt").to(device)
-            return pooled(model.get_image_features(**inputs))
-
-        if os.path.isdir(name_or_path):
-            name_or_path = os.path.abspath(name_or_path)
-        dim = text_fn(["a"]).shape[1]
-        return cls(text_fn, image_fn, {"name_or_path": name_or_path, "class": type(model).__name__, "dim": dim})
-
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        r"""
-        Args:
-            texts (`Sequence[str]`): the texts.
-            batch_size (`int`, *optional*, defaults to 64): texts per call of the text tower.
-
-        Returns:
-            `np.ndarray`: float32 `[N, D]`, rows of unit length.
-        """
-        texts = list(texts)
-        return self._embed(self.text_fn, texts, batch_size, "Embedding texts", list)
-
-    def embed_images(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        r"""
-        Args:
-            images (`Sequence`): PIL images or anything [`splice.data.open_image`] reads (paths, bytes); files are
-                opened one batch at a time.
-            batch_size (`int`, *optional*, defaults to 32): images per call of the image tower.
-
-        Returns:
-            `np.ndarray`: float32 `[N, D]`, rows of unit length.
-        """
-        if self.image_fn is None:
-            raise ValueError(f"The embedder {self.identity} has no image function.")
-        images = list(images)
-        return self._embed(self.image_fn, images, batch_size, "Embedding images", lambda b: [open_image(i) for i in b])
-
-    def _embed(self, fn: Callable, items: list, batch_size: int, desc: str, prepare: Callable) -> np.ndarray:
-        chunks = [
-            _normalised(fn(prepare(items[start : start + batch_size])))  # [B, D]
-            for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.identity.get("dim", 0)), np.float32)
 
 
 class Datastore:
@@ -273,7 +133,7 @@ class Datastore:
         Args:
             directory (`str` or `os.PathLike`): where to save.
         """
-        from . import __version__
+        from .. import __version__  # the package's version, set in splice/__init__.py
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -409,27 +269,6 @@ def _image_key(image: Any) -> Any:
     return os.fspath(image) if isinstance(image, str | os.PathLike) else id(image)
 
 
-FROZEN_ENCODER_EMBEDDER = "splice:frozen-encoder-mean"
-
-
-def frozen_encoder_embedder(encoder: Any, image_processor: Any) -> Embedder:
-    r"""
-    Image keys from a captioner's own frozen encoder (the mean of its token states): retrieval without a CLIP model.
-
-    Args:
-        encoder: the frozen vision encoder.
-        image_processor: its image processor.
-    """
-
-    @torch.no_grad()
-    def embed(images: list) -> torch.Tensor:
-        pixels = image_processor(images, return_tensors="pt")["pixel_values"].to(encoder.device)
-        states = encoder(pixel_values=pixels).last_hidden_state  # [B, S, E] or [B, E, H, W]
-        return (states.mean(1) if states.dim() == 3 else states.mean((2, 3))).float().cpu()
-
-    return Embedder.from_functions(None, embed, {"name_or_path": FROZEN_ENCODER_EMBEDDER})
-
-
 def load_datastore_for(directory: str | os.PathLike, model: Any = None, image_processor: Any = None) -> Datastore:
     r"""
     Load a datastore with the embedder it was built with: a captioner's frozen encoder (pass `model` and its
@@ -514,90 +353,3 @@ def retrieve_cached(
         partial.write_text(json.dumps(cache))
         os.replace(partial, path)
     return [entries[key]["captions"] for key in keys]
-
-
-# --- command line --------------------------------------------------------------------------------------------------
-
-
-def add_datastore_parser(subparsers: argparse._SubParsersAction) -> None:
-    r"""
-    Register `datastore build` and `datastore query` on the `splice` command's subparsers; each sets `args.func`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction`): from `parser.add_subparsers()`.
-    """
-    datastore = subparsers.add_parser("datastore", help="build or query a caption datastore for retrieval")
-    actions = datastore.add_subparsers(dest="datastore_command", required=True)
-
-    build = actions.add_parser("build", help="embed a caption corpus into a datastore")
-    build.add_argument(
-        "--captions",
-        required=True,
-        help='.jsonl of {"caption", "group"?, "image"?}, .txt with one caption per line, or builtin:shapes[:domain]',
-    )
-    build.add_argument("--embedder", required=True, help="CLIP-style checkpoint: hub id or directory")
-    build.add_argument("--keys", choices=KEY_KINDS, default="text", help="embed the captions or their images")
-    build.add_argument("--output", required=True, help="directory to save the datastore in")
-    build.add_argument("--n", type=int, default=1000, help="examples to generate for builtin captions")
-    build.add_argument("--seed", type=int, default=0, help="seed of builtin captions")
-    build.add_argument("--batch-size", type=int, default=64)
-    build.set_defaults(func=datastore_build_command)
-
-    query = actions.add_parser("query", help="print the captions retrieved for images, as JSONL")
-    query.add_argument("datastore", help="a directory saved by `datastore build`")
-    query.add_argument("images", nargs="+", help="image files, folders or globs")
-    query.add_argument("--k", type=int, default=4)
-    query.add_argument("--embedder", default=None, help="default: the checkpoint the datastore was built with")
-    query.add_argument("--batch-size", type=int, default=32)
-    query.set_defaults(func=datastore_query_command)
-
-
-def _read_captions(source: str, n: int, seed: int) -> tuple[list[str], list[str | None], list[Any] | None]:
-    """Captions, groups and images (or `None`) of a `--captions` source."""
-    if source.startswith("builtin:"):
-        from .builtin_data import make_dataset
-
-        task, _, domain = source.removeprefix("builtin:").partition(":")
-        if task != "shapes":
-            raise SystemExit(f"splice datastore: builtin captions are builtin:shapes[:domain], got {source!r}")
-        examples = make_dataset("shapes", n, seed=seed, domain=domain or "a")
-        rows = [(ref, str(i), example.image) for i, example in enumerate(examples) for ref in example.references]
-        captions, groups, images = (list(column) for column in zip(*rows))
-        return captions, groups, images
-    path = Path(source)
-    if path.suffix == ".txt":
-        captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return captions, [None] * len(captions), None
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        # Image paths are relative to the file, so a corpus folder can be moved as a whole.
-        images = [path.parent / r["image"] for r in rows] if all("image" in r for r in rows) else None
-        return [r["caption"] for r in rows], [r.get("group") for r in rows], images
-    raise SystemExit(f"splice datastore: --captions must be .jsonl, .txt or builtin:shapes[:domain], got {source!r}")
-
-
-def datastore_build_command(args: argparse.Namespace) -> None:
-    r"""`splice datastore build`: embed `--captions` with `--embedder` and save to `--output`; prints a JSON summary."""
-    captions, groups, images = _read_captions(args.captions, args.n, args.seed)
-    if args.keys == "image" and images is None:
-        raise SystemExit('splice datastore build: --keys image needs an "image" on every line of the .jsonl')
-    embedder = Embedder.from_pretrained(args.embedder)
-    datastore = Datastore.build(captions, embedder, groups, args.keys, images, args.batch_size)
-    datastore.save(args.output)
-    print(json.dumps({"output": args.output, "count": len(datastore), "dim": datastore.dim, "keys": args.keys}))
-
-
-def datastore_query_command(args: argparse.Namespace) -> None:
-    r"""`splice datastore query`: print one JSON line `{"file", "captions"}` per image."""
-    from .cli import _expand_inputs
-
-    name = args.embedder or read_datastore_meta(args.datastore)["embedder"].get("name_or_path")
-    if name == FROZEN_ENCODER_EMBEDDER:
-        raise SystemExit(
-            "splice datastore query: this datastore's keys come from a captioner's frozen encoder; query it with "
-            "`splice caption MODEL IMAGES --datastore DIR`, or build one with a CLIP checkpoint (--embedder)."
-        )
-    datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name))
-    paths = _expand_inputs(args.images)
-    for path, captions in zip(paths, datastore.retrieve_for_images(paths, args.k, batch_size=args.batch_size)):
-        sys.stdout.write(json.dumps({"file": str(path), "captions": captions}) + "\n")

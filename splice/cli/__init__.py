@@ -1,0 +1,31 @@
+"""The `splice` command line: `demo`, `train`, `caption`, `eval`, `datastore`; one module per command.
+
+Each command's module imports only the standard library (and `TrainConfig`) at the top; only the chosen command builds
+its flags and imports what it runs, so `splice --help` loads neither torch nor transformers from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import caption, datastore, demo, train
+from . import eval as evaluate
+
+# Each module has `HELP`, `add_arguments(parser)` and `run(args)`.
+COMMANDS = {"demo": demo, "train": train, "caption": caption, "eval": evaluate, "datastore": datastore}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the command (`splice --help` lists them)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="splice", description="Splice any encoder onto any decoder.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    # The command is the first word; only its flags are built (building the others would import their choices).
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    for name, module in COMMANDS.items():
+        command = commands.add_parser(name, help=module.HELP)
+        if name == chosen:
+            module.add_arguments(command)
+    args = parser.parse_args(argv)
+    COMMANDS[args.command].run(args)

@@ -1,0 +1,5 @@
+"""`python -m splice.cli ...` (also under `torchrun` and `accelerate launch`)."""
+
+from . import main
+
+main()

@@ -1,0 +1,67 @@
+"""`splice caption MODEL INPUTS...`: caption image files, folders or globs with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "caption images with a trained model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `splice caption`."""
+    parser.add_argument("model")
+    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text")
+    parser.add_argument("--output", help="write here instead of standard output")
+    parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Caption every readable image, one line each (`text`: path and caption; `jsonl`: `{"file", "caption"}`)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForImageTextToText
+
+    from ..data.io import UNREADABLE_IMAGE_ERRORS, open_image
+    from ..processing import SpliceProcessor
+    from ._inputs import expand_inputs
+
+    model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
+    processor = SpliceProcessor.from_pretrained(args.model)
+    datastore = None
+    if args.datastore:
+        from ..retrieval import load_datastore_for
+
+        if not hasattr(model, "prompts"):
+            raise SystemExit("splice caption: --datastore needs a retrieval-augmented (SmallCap) model.")
+        datastore = load_datastore_for(args.datastore, model, processor.image_processor)
+    paths = expand_inputs(args.inputs)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    kwargs = {"num_beams": args.num_beams} | ({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
+    skipped = 0
+    for start in tqdm(range(0, len(paths), args.batch_size), desc="captioning", file=sys.stderr):
+        batch, images = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                images.append(open_image(path))
+                batch.append(path)
+            except UNREADABLE_IMAGE_ERRORS:
+                skipped += 1
+        if not images:
+            continue
+        if datastore is not None:  # retrieval prompts from this datastore (swap it to change domain, no retraining)
+            kwargs["retrieved_captions"] = datastore.retrieve_for_images(images, k=model.config.retrieval_k)
+        with torch.no_grad():
+            captions = model.caption(images, processor=processor, **kwargs)
+        for path, caption in zip(batch, captions):
+            line = json.dumps({"file": str(path), "caption": caption}) if args.format == "jsonl" else caption
+            out.write((line if args.format == "jsonl" else f"{path}\t{caption}") + "\n")
+    if skipped:
+        print(f"skipped {skipped} unreadable images", file=sys.stderr)
+    if args.output:
+        out.close()

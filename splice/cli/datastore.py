@@ -1,0 +1,110 @@
+"""`splice datastore build` / `splice datastore query`: embed a caption corpus into a datastore, or print what it
+retrieves for images (the library side is `splice.retrieval`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "build or query a caption datastore for retrieval"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`build` and `query` under the `datastore` parser; each sets `args.func`."""
+    from ..retrieval import KEY_KINDS
+
+    actions = parser.add_subparsers(dest="datastore_command", required=True)
+
+    build = actions.add_parser("build", help="embed a caption corpus into a datastore")
+    build.add_argument(
+        "--captions",
+        required=True,
+        help='.jsonl of {"caption", "group"?, "image"?}, .txt with one caption per line, or builtin:shapes[:domain]',
+    )
+    build.add_argument("--embedder", required=True, help="CLIP-style checkpoint: hub id or directory")
+    build.add_argument("--keys", choices=KEY_KINDS, default="text", help="embed the captions or their images")
+    build.add_argument("--output", required=True, help="directory to save the datastore in")
+    build.add_argument("--n", type=int, default=1000, help="examples to generate for builtin captions")
+    build.add_argument("--seed", type=int, default=0, help="seed of builtin captions")
+    build.add_argument("--batch-size", type=int, default=64)
+    build.set_defaults(func=datastore_build_command)
+
+    query = actions.add_parser("query", help="print the captions retrieved for images, as JSONL")
+    query.add_argument("datastore", help="a directory saved by `datastore build`")
+    query.add_argument("images", nargs="+", help="image files, folders or globs")
+    query.add_argument("--k", type=int, default=4)
+    query.add_argument("--embedder", default=None, help="default: the checkpoint the datastore was built with")
+    query.add_argument("--batch-size", type=int, default=32)
+    query.set_defaults(func=datastore_query_command)
+
+
+def add_datastore_parser(subparsers: Any) -> None:
+    r"""
+    Register `datastore build` and `datastore query` on a command's subparsers; each sets `args.func`.
+
+    Args:
+        subparsers: what `parser.add_subparsers()` returns.
+    """
+    add_arguments(subparsers.add_parser("datastore", help=HELP))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the `build` or `query` command chosen."""
+    args.func(args)
+
+
+def _read_captions(source: str, n: int, seed: int) -> tuple[list[str], list[str | None], list[Any] | None]:
+    """Captions, groups and images (or `None`) of a `--captions` source."""
+    if source.startswith("builtin:"):
+        from ..data.builtin import make_dataset
+
+        task, _, domain = source.removeprefix("builtin:").partition(":")
+        if task != "shapes":
+            raise SystemExit(f"splice datastore: builtin captions are builtin:shapes[:domain], got {source!r}")
+        examples = make_dataset("shapes", n, seed=seed, domain=domain or "a")
+        rows = [(ref, str(i), example.image) for i, example in enumerate(examples) for ref in example.references]
+        captions, groups, images = (list(column) for column in zip(*rows))
+        return captions, groups, images
+    path = Path(source)
+    if path.suffix == ".txt":
+        captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return captions, [None] * len(captions), None
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # Image paths are relative to the file, so a corpus folder can be moved as a whole.
+        images = [path.parent / r["image"] for r in rows] if all("image" in r for r in rows) else None
+        return [r["caption"] for r in rows], [r.get("group") for r in rows], images
+    raise SystemExit(f"splice datastore: --captions must be .jsonl, .txt or builtin:shapes[:domain], got {source!r}")
+
+
+def datastore_build_command(args: argparse.Namespace) -> None:
+    r"""`splice datastore build`: embed `--captions` with `--embedder` and save to `--output`; prints a JSON summary."""
+    from ..retrieval import Datastore, Embedder
+
+    captions, groups, images = _read_captions(args.captions, args.n, args.seed)
+    if args.keys == "image" and images is None:
+        raise SystemExit('splice datastore build: --keys image needs an "image" on every line of the .jsonl')
+    embedder = Embedder.from_pretrained(args.embedder)
+    datastore = Datastore.build(captions, embedder, groups, args.keys, images, args.batch_size)
+    datastore.save(args.output)
+    print(json.dumps({"output": args.output, "count": len(datastore), "dim": datastore.dim, "keys": args.keys}))
+
+
+def datastore_query_command(args: argparse.Namespace) -> None:
+    r"""`splice datastore query`: print one JSON line `{"file", "captions"}` per image."""
+    from ..retrieval import FROZEN_ENCODER_EMBEDDER, Datastore, Embedder, read_datastore_meta
+    from ._inputs import expand_inputs
+
+    name = args.embedder or read_datastore_meta(args.datastore)["embedder"].get("name_or_path")
+    if name == FROZEN_ENCODER_EMBEDDER:
+        raise SystemExit(
+            "splice datastore query: this datastore's keys come from a captioner's frozen encoder; query it with "
+            "`splice caption MODEL IMAGES --datastore DIR`, or build one with a CLIP checkpoint (--embedder)."
+        )
+    datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name))
+    paths = expand_inputs(args.images)
+    for path, captions in zip(paths, datastore.retrieve_for_images(paths, args.k, batch_size=args.batch_size)):
+        sys.stdout.write(json.dumps({"file": str(path), "captions": captions}) + "\n")

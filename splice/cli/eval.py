@@ -1,0 +1,50 @@
+"""`splice eval MODEL DATA`: print a trained model's metrics on a data source."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "print a trained model's metrics on a data source"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `splice eval`."""
+    from ..training.config import TASKS
+
+    parser.add_argument("model")
+    parser.add_argument("data", help="builtin:shapes, builtin:ocr, an image folder, a .json or .jsonl file")
+    parser.add_argument("--task", choices=TASKS, default=None)
+    parser.add_argument("--n", type=int, default=200, help="scenes to generate for built-in data")
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Evaluate (SmallCap: with prompts from the datastore saved with the model, if any) and print the metrics."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..processing import SpliceProcessor
+    from ..training.config import TrainConfig
+    from ..training.pipeline import evaluate, infer_task, load_records
+
+    model = AutoModel.from_pretrained(args.model).eval()  # after `import splice`: the splice class of the checkpoint
+    task = infer_task(TrainConfig(data=args.data, task=args.task))
+    if task == "text":
+        tokenizer, image_processor = AutoTokenizer.from_pretrained(args.model), None
+    else:
+        processor = SpliceProcessor.from_pretrained(args.model)
+        tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    records = load_records(args.data, task, args.n, args.seed, None)
+    datastore_dir = Path(args.model) / "datastore"
+    if hasattr(model, "prompts"):  # SmallCap: retrieval prompts from the datastore saved with the model, if any
+        retrieved = [[] for _ in records]
+        if datastore_dir.is_dir():
+            from ..retrieval import load_datastore_for
+
+            datastore = load_datastore_for(datastore_dir, model, image_processor)
+            retrieved = datastore.retrieve_for_images([r["image"] for r in records], k=model.config.retrieval_k)
+        records = [r | {"retrieved": c} for r, c in zip(records, retrieved)]
+    metrics = evaluate(model, records, tokenizer, image_processor, task, args.batch_size)
+    print(json.dumps(metrics, indent=2))

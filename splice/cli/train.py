@@ -1,0 +1,70 @@
+"""`splice train`: one flag per `TrainConfig` field (or `--config` YAML), then training; prints the held-out metrics."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from typing import Any
+
+HELP = "train with Seq2SeqTrainer (flags or --config YAML)"
+
+
+def _json_or_str(value: str) -> Any:
+    return json.loads(value) if value.lstrip()[:1] in ("{", "[") or value.isdigit() else value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the `Args:` section of a dataclass docstring (`name[, name]: text`)."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    args = (cls.__doc__ or "").split("Args:", 1)[-1]
+    for line in args.splitlines():
+        entry = re.match(r"^ {8}(\w+(?:, \w+)*)(?: \(.*?\))?: (.*)$", line)
+        if entry:
+            names = entry.group(1).split(", ")
+            docs.update(dict.fromkeys(names, entry.group(2)))
+        elif line.startswith(" " * 12) and names:  # a continuation line of the last entry
+            docs.update({name: f"{docs[name]} {line.strip()}" for name in names})
+    return docs
+
+
+def _default(spec: dataclasses.Field) -> Any:
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and one flag per `TrainConfig` field, each with its description, default and choices."""
+    from ..conditioning import CONDITIONINGS
+    from ..training.config import PRESETS, TASKS, TrainConfig
+    from ..training.freezing import FREEZE_POLICIES
+
+    choices = {"conditioning": CONDITIONINGS, "freeze": FREEZE_POLICIES, "task": TASKS, "preset": PRESETS}
+    docs = field_docs(TrainConfig)
+    parser.add_argument("--config", help="YAML file of TrainConfig fields; flags given here override it")
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        default = _default(spec)
+        described = docs.get(spec.name, spec.name.replace("_", " ")).rstrip(".")
+        shown = "not set" if default is None else json.dumps(default) if isinstance(default, dict | list) else default
+        structured = "dict" in str(spec.type) or "list" in str(spec.type)
+        help_text = f"{described}{'; a value, or JSON (object or list)' if structured else ''} (default: {shown})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        if spec.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif structured:
+            parser.add_argument(flag, type=_json_or_str, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(spec.type).split(" ")[0], str)
+            parser.add_argument(flag, type=kind, default=None, choices=choices.get(spec.name), help=help_text)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the `TrainConfig` (YAML, then the flags given) and train."""
+    from ..training.config import TrainConfig
+    from ..training.pipeline import train
+
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
+    config = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    print(json.dumps(train(config), indent=2))

@@ -1,0 +1,23 @@
+"""Training data: image opening (`io`), loaders for the usual caption/text formats (`loaders`), the collator that turns
+records into model inputs (`collator`), and generated offline datasets (`builtin`).
+
+A record is a dict: `{"image": path | bytes | PIL.Image, "text": target}` for image-to-text,
+`{"source": text, "text": target}` for text-to-text; optional `"prompt"` (decoder-side prefix, e.g. SmallCap's
+retrieved captions: fed to the decoder, never scored) and `"references"` (all reference captions, for metrics).
+"""
+
+from .collator import SpliceCollator
+from .io import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, keep_readable, open_image
+from .loaders import from_hf_dataset, load_coco_json, load_imagefolder, load_text_pairs
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "UNREADABLE_IMAGE_ERRORS",
+    "SpliceCollator",
+    "from_hf_dataset",
+    "keep_readable",
+    "load_coco_json",
+    "load_imagefolder",
+    "load_text_pairs",
+    "open_image",
+]

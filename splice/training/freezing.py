@@ -1,0 +1,87 @@
+"""Freeze policies: which parameters of a splice model train.
+
+A splice model has three groups of parameters: the encoder, the decoder, and the *conditioning* parameters that join
+them (the decoder's native cross-attention, `enc_to_dec_proj`, injected cross-attention blocks, the prefix projector;
+see `splice.conditioning.conditioning_parameter_names`). SmallCap trains only the conditioning parameters
+("encoder+decoder" frozen); LoRA ([`splice.training.lora`]) adds low-rank updates to the frozen decoder's own layers on
+top of that, and an adapter checkpoint ([`splice.training.adapters`]) holds only the trainable weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..conditioning import conditioning_parameter_names
+
+if TYPE_CHECKING:
+    from ..models import SpliceModel
+
+FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
+# Set by `apply_freeze_policy` / `apply_lora` on the model, so `save_adapter` can record how to rebuild it.
+_SETUP_ATTR = "_splice_training_setup"
+
+
+def _is_lora_parameter(name: str) -> bool:
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def trainable_counts(model: nn.Module, verbose: bool = True) -> dict[str, int]:
+    """
+    Count trainable and total parameters (each shared parameter once) and print them in PEFT's format.
+
+    Args:
+        model (`nn.Module`): any model.
+        verbose (`bool`, *optional*, defaults to `True`): print the counts.
+
+    Returns:
+        `dict[str, int]`: `{"trainable": n, "total": N}`.
+    """
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    if verbose:
+        share = 100 * trainable / total
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+    return {"trainable": trainable, "total": total}
+
+
+def _training_setup(model: SpliceModel) -> dict[str, Any]:
+    if _SETUP_ATTR not in model.__dict__:
+        model.__dict__[_SETUP_ATTR] = {"freeze": None, "lora": None}
+    return model.__dict__[_SETUP_ATTR]
+
+
+def apply_freeze_policy(model: SpliceModel, policy: str, verbose: bool = True) -> dict[str, int]:
+    """
+    Choose which parameters train.
+
+    Args:
+        model (`SpliceModel`): the composite model, changed in place.
+        policy (`str`): `"none"` trains everything; `"encoder"` freezes the encoder; `"encoder+decoder"` trains only
+            the conditioning parameters (see [`conditioning_parameter_names`]) and LoRA weights, if any (SmallCap).
+        verbose (`bool`, *optional*, defaults to `True`): print the counts.
+
+    Returns:
+        `dict[str, int]`: `{"trainable": n, "total": N}`, also printed.
+
+    Raises:
+        `ValueError`: if `policy` is not one of `FREEZE_POLICIES`.
+    """
+    if policy not in FREEZE_POLICIES:
+        raise ValueError(f"freeze={policy!r} is not one of {FREEZE_POLICIES}.")
+    conditioning = conditioning_parameter_names(model)
+    encoder_params = {id(param) for param in model.encoder.parameters()}
+    for name, param in model.named_parameters():
+        if policy == "none":
+            trainable = True
+        elif policy == "encoder":
+            # A weight shared with the encoder (tie_encoder_decoder) stays frozen with it.
+            trainable = id(param) not in encoder_params
+        else:
+            trainable = name in conditioning or _is_lora_parameter(name)
+        param.requires_grad_(trainable)
+    _training_setup(model)["freeze"] = policy
+    return trainable_counts(model, verbose)
