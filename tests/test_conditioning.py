@@ -2,7 +2,7 @@
 key/value caching, `auto`, parameter counts, gradient checkpointing, learning, `Seq2SeqTrainer` and `torch.compile`.
 
 Everything is tiny and offline (random configs, temp dirs). A summary table (decoder x conditioning x check) is written
-to /tmp/conditioning_table.md by the last test.
+to the last test's tmp_path (conditioning_table.md) and printed.
 """
 
 from __future__ import annotations
@@ -15,67 +15,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as T
+from tiny import (
+    BERT_NO_DROPOUT,
+    BOS,
+    DECODER_FAMILIES,
+    EOS,
+    PAD,
+    VOCAB,
+    bert_encoder_config,
+    llama_config,
+    open_gates,
+    randomize,
+    vit_config,
+)
+from tiny import decoder_config as decoder_config_of
 from torch import nn
 
 import splice
 import splice.injection
 from splice.injection import cross_attention_kwargs, cross_attention_layers, cross_attention_parameters
 
-VOCAB, PAD, BOS, EOS = 99, 0, 1, 2
-ENC_WIDTH = 24  # ViT / BERT encoder width, deliberately different from the decoders' 32
-_TEXT = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=37,
-    max_position_embeddings=64,
-    pad_token_id=PAD,
-    bos_token_id=BOS,
-    eos_token_id=EOS,
-)
-_NO_KV = {k: v for k, v in _TEXT.items() if k != "num_key_value_heads"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-DECODERS = {
-    "llama": lambda: T.LlamaConfig(**_TEXT, attention_dropout=0.0),
-    "mistral": lambda: T.MistralConfig(**_TEXT, sliding_window=4, attention_dropout=0.0),
-    "qwen2": lambda: T.Qwen2Config(**_TEXT, attention_dropout=0.0),
-    "qwen3": lambda: T.Qwen3Config(**_TEXT, head_dim=8, attention_dropout=0.0),
-    "gemma2": lambda: T.Gemma2Config(**_TEXT, head_dim=8, sliding_window=4, attention_dropout=0.0),
-    "gemma3": lambda: T.Gemma3TextConfig(**_TEXT, head_dim=8, sliding_window=4, attention_dropout=0.0),
-    "phi3": lambda: T.Phi3Config(**_TEXT, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0),
-    "opt": lambda: T.OPTConfig(**_NO_KV | {"intermediate_size": None}, ffn_dim=37, word_embed_proj_dim=32, dropout=0.0),
-    "gpt_neox": lambda: T.GPTNeoXConfig(**_NO_KV, hidden_dropout=0.0, attention_dropout=0.0),
-    # GPT-2 has native cross-attention: forced to "injected" / "prefix" here.
-    "gpt2": lambda: T.GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_inner=37,
-        n_positions=64,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    ),
-}
-# Module classes AutoModelForCausalLM must build from the tiny configs (so the matrix is really what it claims).
-DECODER_CLASSES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "gemma2": "Gemma2ForCausalLM",
-    "gemma3": "Gemma3ForCausalLM",
-    "phi3": "Phi3ForCausalLM",
-    "opt": "OPTForCausalLM",
-    "gpt_neox": "GPTNeoXForCausalLM",
-    "gpt2": "GPT2LMHeadModel",
-}
+ENC_WIDTH = 24  # ViT / BERT encoder width, deliberately different from the decoders' 32
+ENCODER = {"hidden_size": ENC_WIDTH}
+# Re-drawn weights: matrices N(0, 0.3), embeddings as small as the vectors, N(0, 0.3 / 4).
+RANDOM = {"std": 0.3, "embedding_std": 0.3 / 4}
+DECODERS = list(DECODER_FAMILIES)
 CONDITIONINGS = ("injected", "prefix")
 MATRIX = [(name, cond) for name in DECODERS for cond in CONDITIONINGS]
 
@@ -96,69 +62,6 @@ def record(name: str, conditioning: str, check: str, value: str = "pass") -> Non
 # -- builders -------------------------------------------------------------------------------------------------------
 
 
-def vit_config(hidden_size: int = ENC_WIDTH) -> T.ViTConfig:
-    return T.ViTConfig(
-        image_size=30,
-        patch_size=10,
-        num_channels=3,
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-
-
-def bert_config() -> T.BertConfig:
-    return T.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=ENC_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-
-
-@torch.no_grad()
-def randomize(model: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
-    """Re-draw every parameter: matrices N(0, std), embeddings and vectors N(0, std/4), norm scales 1 + N(0, 0.1).
-
-    The default init (std 0.02) makes greedy decoding repeat one id, which would make equality checks trivially true.
-    Embeddings stay smaller so that tied heads with scaled embeddings (Gemma) do not just echo the input token.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    norm_weights = {
-        id(m.weight)
-        for m in model.modules()
-        if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), nn.Parameter)
-    }
-    for param in model.parameters():  # tied parameters appear once
-        noise = torch.randn(param.shape, generator=gen)
-        if id(param) in norm_weights:
-            param.copy_(1.0 + 0.1 * noise)
-        elif param.dim() >= 2 and id(param) not in embeddings:
-            param.copy_(std * noise)
-        else:
-            param.copy_(std / 4 * noise)
-    return model
-
-
-@torch.no_grad()
-def open_gates(model: nn.Module, value: float = 0.5) -> int:
-    opened = 0
-    for name, param in cross_attention_parameters(model):
-        if name.endswith(("attn_gate", "ffn_gate")):
-            param.fill_(value)
-            opened += 1
-    return opened
-
-
 def build(
     name: str,
     conditioning: str,
@@ -168,16 +71,16 @@ def build(
     **kwargs,
 ) -> splice.SpliceModel:
     """A SpliceModel of `encoder_config` (tiny ViT by default) and decoder `name`; randomized, gates at 0.5."""
-    decoder_config = DECODERS[name]()
+    decoder_config = decoder_config_of(name)
     config = splice.SpliceConfig.from_encoder_decoder_configs(
-        encoder_config or vit_config(), decoder_config, conditioning=conditioning, **kwargs
+        encoder_config or vit_config(**ENCODER), decoder_config, conditioning=conditioning, **kwargs
     )
     assert config.conditioning == conditioning
     torch.manual_seed(seed)
     model = splice.SpliceModel(config).eval()
-    assert type(model.decoder).__name__ == DECODER_CLASSES[name]
+    assert type(model.decoder).__name__ == DECODER_FAMILIES[name].causal_lm
     if randomized:
-        randomize(model, seed)
+        randomize(model, seed, **RANDOM)
         if conditioning == "injected":
             assert open_gates(model) > 0
     return model
@@ -191,18 +94,8 @@ def target_ids(batch: int = 2, length: int = 5, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two, and avoids thread spin-waiting
-    when other processes share the cores. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 matrix = pytest.mark.parametrize("name,conditioning", MATRIX, ids=[f"{n}-{c}" for n, c in MATRIX])
-injected_only = pytest.mark.parametrize("name", list(DECODERS))
+injected_only = pytest.mark.parametrize("name", DECODERS)
 
 
 # -- 1. forward and loss --------------------------------------------------------------------------------------------
@@ -247,10 +140,10 @@ def test_forward_and_loss_ignore_index(name, conditioning):
 
 @injected_only
 def test_gate_zero_injected_decoder_is_the_bare_decoder(name):
-    decoder_config = DECODERS[name]()
-    encoder = T.AutoModel.from_config(vit_config())
+    decoder_config = decoder_config_of(name)
+    encoder = T.AutoModel.from_config(vit_config(**ENCODER))
     torch.manual_seed(0)
-    decoder = randomize(T.AutoModelForCausalLM.from_config(decoder_config), seed=3).eval()
+    decoder = randomize(T.AutoModelForCausalLM.from_config(decoder_config), seed=3, **RANDOM).eval()
     bare = copy.deepcopy(decoder)
     config = splice.SpliceConfig.from_encoder_decoder_configs(encoder.config, decoder.config, conditioning="injected")
     model = splice.SpliceModel(config=config, encoder=encoder, decoder=decoder).eval()
@@ -357,7 +250,7 @@ def test_save_and_reload_identical(name, conditioning, extra, tmp_path):
     assert saved["conditioning"] == conditioning
     reloaded = splice.SpliceModel.from_pretrained(tmp_path).eval()
     assert reloaded.config.conditioning == model.config.conditioning == conditioning
-    assert type(reloaded.decoder).__name__ == DECODER_CLASSES[name]
+    assert type(reloaded.decoder).__name__ == DECODER_FAMILIES[name].causal_lm
     with torch.no_grad():
         after = reloaded(pixel_values=images, decoder_input_ids=ids).logits
         assert torch.equal(after, before)
@@ -401,7 +294,7 @@ PADDING_CASES = [(name, cond, {}) for name, cond in MATRIX] + [
 def test_padded_batch_generates_like_each_sample_alone(name, conditioning, extra):
     # Sliding-window families keep their window of 4: the prefix's padding is left-aligned, so a padded sample sees the
     # same tokens in its window as alone.
-    model = build(name, conditioning, encoder_config=bert_config(), **extra)
+    model = build(name, conditioning, encoder_config=bert_encoder_config(**ENCODER, **BERT_NO_DROPOUT), **extra)
     batch = padded_batch(SOURCES)
     assert (batch["attention_mask"] == 0).any()
     settings = dict(max_new_tokens=5, min_new_tokens=5)
@@ -465,7 +358,9 @@ def test_key_value_projection_runs_once_per_generate(name):
 
 @pytest.mark.parametrize("name,expected", [("gpt2", "native"), ("llama", "injected")])
 def test_auto_resolves_and_is_saved(name, expected, tmp_path):
-    config = splice.SpliceConfig.from_encoder_decoder_configs(vit_config(), DECODERS[name]())  # conditioning="auto"
+    config = splice.SpliceConfig.from_encoder_decoder_configs(
+        vit_config(**ENCODER), decoder_config_of(name)
+    )  # conditioning="auto"
     assert config.conditioning == expected
     model = splice.SpliceModel(config).eval()
     injected = list(cross_attention_layers(model))
@@ -507,16 +402,14 @@ def expected_cross_attention_params(hidden: int, enc: int, r: int, feed_forward:
 
 def test_cross_attention_parameter_count_by_reduce_factor():
     hidden, enc, layers = 128, 64, 2
-    decoder_config = T.LlamaConfig(
-        **_TEXT | {"hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": layers}
-    )
-    encoder_params = sum(p.numel() for p in T.AutoModel.from_config(vit_config(enc)).parameters())
+    decoder_config = llama_config(hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers)
+    encoder_params = sum(p.numel() for p in T.AutoModel.from_config(vit_config(hidden_size=enc)).parameters())
     decoder_params = sum(p.numel() for p in T.AutoModelForCausalLM.from_config(decoder_config).parameters())
     rows = ["| r | feed_forward | every | inner width | params / block | blocks | injected params |", "|" + "---|" * 7]
     for r, feed_forward, every in [(1, False, 1), (2, False, 1), (4, False, 1), (8, False, 1), (16, False, 1),
                                    (4, True, 1), (4, False, 2)]:  # fmt: skip
         config = splice.SpliceConfig.from_encoder_decoder_configs(
-            vit_config(enc),
+            vit_config(hidden_size=enc),
             copy.deepcopy(decoder_config),
             conditioning="injected",
             cross_attention_reduce_factor=r,
@@ -724,7 +617,7 @@ def test_torch_compile_injected_decoder_matches_eager():
 # -- summary ----------------------------------------------------------------------------------------------------------
 
 
-def test_zz_write_summary_table():
+def test_zz_write_summary_table(tmp_path):
     """Write (and print) what passed in this run; checks that did not pass (or were deselected) stay empty."""
     matrix_checks = [
         "forward+loss",
@@ -762,21 +655,15 @@ def test_zz_write_summary_table():
             *R_TABLE,
         ]
     )
-    with open("/tmp/conditioning_table.md", "w") as f:
-        f.write(text + "\n")
+    (tmp_path / "conditioning_table.md").write_text(text + "\n")
     print("\n" + text)
 
 
 def test_gates_missing_from_a_checkpoint_load_as_identity(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    vit = T.ViTConfig(
-        hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=30, patch_size=10
-    )
-    llama = T.LlamaConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=99, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+    vit = vit_config(hidden_size=ENC_WIDTH, num_hidden_layers=1)
+    llama = llama_config(pad_token_id=None)
     model = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(vit, llama, conditioning="injected"))
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")

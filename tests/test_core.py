@@ -3,26 +3,19 @@
 import pytest
 import torch
 import transformers as T
-from tiny import vit_config
+from tiny import bert_decoder_config, bert_encoder_config, gpt2_config, llama_config, vit_config
 
 import splice
 
-
-def gpt2_config(**kw):
-    base = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64, bos_token_id=1, eos_token_id=2)
-    return T.GPT2Config(**(base | kw))
-
-
-def bert_config(**kw):
-    base = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99, pad_token_id=0
-    )
-    return T.BertConfig(**(base | kw))
+# GPT-2 as released: no pad token (the special-token tests rely on it) and the default 4x inner width.
+GPT2 = {"pad_token_id": None, "n_inner": None}
 
 
 def vision_model(dec=None, **kw):
     torch.manual_seed(0)
-    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), dec or gpt2_config(), **kw)
+    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        vit_config(), dec or gpt2_config(**GPT2), **kw
+    )
     return splice.VisionEncoderDecoderModel(config).eval()
 
 
@@ -74,7 +67,9 @@ def test_generation_settings_on_config_are_mirrored(tmp_path):
 
 
 def test_out_of_vocab_token_in_decoder_config_fails_at_build():
-    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), gpt2_config(eos_token_id=500))
+    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        vit_config(), gpt2_config(**GPT2, eos_token_id=500)
+    )
     with pytest.raises(ValueError, match=r"eos_token_id=500.*\[0, 99\)"):
         splice.VisionEncoderDecoderModel(config)
 
@@ -96,7 +91,7 @@ def test_out_of_vocab_labels_name_the_fix():
 
 def test_missing_special_tokens_error_names_the_field():
     config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        vit_config(), bert_config(pad_token_id=None, bos_token_id=None, eos_token_id=None)
+        vit_config(), bert_decoder_config(pad_token_id=None, bos_token_id=None, eos_token_id=None)
     )
     model = splice.VisionEncoderDecoderModel(config)
     with pytest.raises(ValueError, match="decoder_start_token_id"):
@@ -107,33 +102,24 @@ def test_missing_special_tokens_error_names_the_field():
 
 
 def test_decoder_without_cross_attention_names_conditioning():
-    llama = T.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=99,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    llama = llama_config(pad_token_id=None)
     config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), llama, conditioning="native")
     with pytest.raises(ValueError, match="no cross-attention.*conditioning"):
         splice.VisionEncoderDecoderModel(config)
 
 
 def test_encoder_with_lm_head_is_rejected():
-    encoder = T.BertForMaskedLM(bert_config())
-    decoder = T.GPT2LMHeadModel(gpt2_config(add_cross_attention=True))
+    encoder = T.BertForMaskedLM(bert_encoder_config())
+    decoder = T.GPT2LMHeadModel(gpt2_config(**GPT2, add_cross_attention=True))
     with pytest.raises(ValueError, match="language-model head"):
         splice.EncoderDecoderModel(encoder=encoder, decoder=decoder)
 
 
 def test_width_mismatch_adds_projection_and_conflict_is_explained():
-    model = vision_model(gpt2_config(n_embd=48))
+    model = vision_model(gpt2_config(**GPT2, n_embd=48))
     assert model.enc_to_dec_proj.in_features == 32 and model.enc_to_dec_proj.out_features == 48
     config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        vit_config(), bert_config(cross_attention_hidden_size=64)
+        vit_config(), bert_decoder_config(cross_attention_hidden_size=64)
     )
     with pytest.raises(ValueError, match="cross_attention_hidden_size=64.*hidden size is 32"):
         splice.VisionEncoderDecoderModel(config)
@@ -210,7 +196,7 @@ def test_accessors_and_resize_token_embeddings():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    model = vision_model(gpt2_config(n_embd=48)).train()
+    model = vision_model(gpt2_config(**GPT2, n_embd=48)).train()
     for module in model.modules():  # dropout off so the two passes are comparable
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -233,7 +219,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_tie_encoder_decoder_shares_weights(tmp_path):
     config = splice.EncoderDecoderConfig.from_encoder_decoder_configs(
-        bert_config(), bert_config(), tie_encoder_decoder=True, decoder_start_token_id=1
+        bert_encoder_config(), bert_encoder_config(), tie_encoder_decoder=True, decoder_start_token_id=1
     )
     model = splice.EncoderDecoderModel(config).eval()
     shared = model.encoder.encoder.layer[0].attention.self.query.weight
@@ -254,9 +240,11 @@ def test_tie_encoder_decoder_shares_weights(tmp_path):
 
 
 def test_generic_splice_model_takes_its_main_input_from_the_encoder(tmp_path):
-    text = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(bert_config(), gpt2_config()))
+    text = splice.SpliceModel(
+        splice.SpliceConfig.from_encoder_decoder_configs(bert_encoder_config(), gpt2_config(**GPT2))
+    )
     assert text.main_input_name == "input_ids"
-    vision = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(vit_config(), gpt2_config()))
+    vision = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(vit_config(), gpt2_config(**GPT2)))
     assert vision.main_input_name == "pixel_values"
     vision.save_pretrained(tmp_path)
     loaded = T.AutoModelForImageTextToText.from_pretrained(tmp_path)
@@ -306,10 +294,7 @@ def test_reassigning_a_generation_setting_on_the_config_mirrors_it_again():
 
 
 def test_no_encoder_states_are_held_after_a_forward_or_a_generate():
-    llama = T.LlamaConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=99, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+    llama = llama_config(pad_token_id=None)
     model = splice.SpliceModel(splice.SpliceConfig.from_encoder_decoder_configs(vit_config(), llama)).eval()
     assert model.config.conditioning == "injected"
 

@@ -10,14 +10,29 @@ Everything is tiny, random and offline.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from types import SimpleNamespace
 
 import pytest
 import torch
 import transformers as T
-from tiny import llama_config, randomize
+from tiny import (
+    BERT_NO_DROPOUT,
+    BOS,
+    EOS,
+    PAD,
+    VOCAB,
+    beit_config,
+    bert_decoder_config,
+    bert_encoder_config,
+    deit_config,
+    llama_config,
+    open_gates,
+    randomize,
+    roberta_encoder_config,
+    swin_config,
+    vit_config,
+)
+from tiny import decoder_config as family_config
 from transformers.utils import logging as hf_logging
 
 import splice
@@ -25,8 +40,6 @@ import splice
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
-VOCAB = 99
-PAD, BOS, EOS = 0, 1, 2
 BATCH = 2
 IMAGE = 32
 WAVE_SAMPLES = 1000  # Wav2Vec2 below: 3 convs (kernel 8, stride 4) -> 14 frames
@@ -35,38 +48,12 @@ MEL_BINS, SOURCE_POSITIONS = 8, 16  # Whisper: input_features [B, 8, 32] -> 16 f
 LABELS = torch.randint(3, VOCAB, (BATCH, 5), generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is as fast and does not thrash when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- configs -----------------------------------------------------------------------------------------------------------
 
-_VIT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=IMAGE,
-    patch_size=8,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
-_TEXT = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    pad_token_id=PAD,
-)
+_VIT = {"image_size": IMAGE, "patch_size": 8}  # on top of the tiny ViT
 _CLIP_TEXT = dict(
     vocab_size=VOCAB,
     hidden_size=32,
@@ -140,42 +127,15 @@ def t5_config() -> T.T5Config:
     )
 
 
-def gpt2_config(**kw) -> T.GPT2Config:
-    base = dict(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_inner=37,
-        n_positions=64,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return T.GPT2Config(**(base | kw))
+DECODERS = {"gpt2": functools.partial(family_config, "gpt2"), "llama": llama_config}  # GPT-2 without dropout
 
-
-def bert_decoder_config() -> T.BertConfig:
-    return T.BertConfig(**_TEXT)
-
-
-DECODERS = {"gpt2": gpt2_config, "llama": llama_config}
-
+_WIDTH_32 = {"hidden_size": 32, "intermediate_size": 37}  # the tiny RoBERTa encoder is 24 wide
 # name -> (encoder config, input kind, class of the encoder splice uses)
 FAMILIES = {
-    "vit": (lambda: T.ViTConfig(**_VIT), "image", "ViTModel"),
-    "deit": (lambda: T.DeiTConfig(**_VIT), "image", "DeiTModel"),
-    "beit": (lambda: T.BeitConfig(**_VIT, use_relative_position_bias=True), "image", "BeitModel"),
-    "swin": (
-        lambda: T.SwinConfig(
-            image_size=IMAGE, patch_size=4, embed_dim=12, depths=[1, 1], num_heads=[2, 2], window_size=2, mlp_ratio=2.0
-        ),
-        "image",
-        "SwinModel",
-    ),
+    "vit": (lambda: vit_config(**_VIT), "image", "ViTModel"),
+    "deit": (lambda: deit_config(**_VIT), "image", "DeiTModel"),
+    "beit": (lambda: beit_config(**_VIT), "image", "BeitModel"),
+    "swin": (swin_config, "image", "SwinModel"),
     "convnext": (
         lambda: T.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=IMAGE),
         "image",
@@ -196,8 +156,8 @@ FAMILIES = {
     "siglip-vision": (lambda: T.SiglipVisionConfig(**_CLIP_VISION), "image", "SiglipVisionModel"),
     "clip-dual": (clip_config, "image", "CLIPVisionModel"),
     "siglip-dual": (siglip_config, "image", "SiglipVisionModel"),
-    "bert": (lambda: T.BertConfig(**_TEXT), "text", "BertModel"),
-    "roberta": (lambda: T.RobertaConfig(**_TEXT), "text", "RobertaModel"),
+    "bert": (lambda: bert_encoder_config(**BERT_NO_DROPOUT), "text", "BertModel"),
+    "roberta": (lambda: roberta_encoder_config(**_WIDTH_32, **BERT_NO_DROPOUT), "text", "RobertaModel"),
     "t5": (t5_config, "text", "T5Stack"),
     "wav2vec2": (wav2vec2_config, "wave", "Wav2Vec2Model"),
     "whisper": (whisper_config, "mel", "WhisperEncoder"),
@@ -240,15 +200,6 @@ def perturbed(kind: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         value[0] = value[0] + 1.0
     out[name] = value
     return out
-
-
-@torch.no_grad()
-def open_gates(model: splice.SpliceModel, value: float = 0.5) -> None:
-    """Injected blocks start as the identity (gates at 0); open them so that the encoder reaches the logits."""
-    gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
-    assert gates, "no injected gates found"
-    for gate in gates:
-        gate.fill_(value)
 
 
 def build(family: str, decoder: str, seed: int = 0) -> splice.SpliceModel:
@@ -318,7 +269,7 @@ def test_vision_auto_is_injected_for_decoder_without_cross_attention(family):
     config = splice.SpliceConfig.from_encoder_decoder_configs(encoder_config(), llama_config())
     assert config.conditioning == "injected"
     assert not getattr(config.decoder, "add_cross_attention", False)
-    config = splice.SpliceConfig.from_encoder_decoder_configs(encoder_config(), gpt2_config())
+    config = splice.SpliceConfig.from_encoder_decoder_configs(encoder_config(), DECODERS["gpt2"]())
     assert config.conditioning == "native" and config.decoder.add_cross_attention
 
 
@@ -496,7 +447,7 @@ def test_whisper_encoder_reads_input_features():
     assert torch.equal(out.encoder_last_hidden_state, direct)
     # The speech composite takes the features under `inputs` and `input_features` alike.
     torch.manual_seed(0)
-    config = splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(whisper_config(), gpt2_config())
+    config = splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(whisper_config(), DECODERS["gpt2"]())
     speech = splice.SpeechEncoderDecoderModel(config).eval()
     features = inputs["input_features"]
     with torch.no_grad():
@@ -509,13 +460,23 @@ def test_whisper_encoder_reads_input_features():
 
 # -- 2. SpeechEncoderDecoderModel against transformers -----------------------------------------------------------------
 
-_TMP = tempfile.TemporaryDirectory(prefix="splice-encoders-")
-SPEECH_DECODERS = {"bert": bert_decoder_config, "gpt2": gpt2_config}
+SPEECH_DECODERS = {"bert": functools.partial(bert_decoder_config, **BERT_NO_DROPOUT), "gpt2": DECODERS["gpt2"]}
 
 
-@functools.cache
-def speech_pair(decoder: str) -> SimpleNamespace:
-    """transformers' speech composite (weights re-drawn), saved and loaded into splice's."""
+@pytest.fixture(scope="module")
+def speech_pair(tmp_path_factory):
+    """Builds (once per decoder, under this module's temp dir) transformers' speech composite (weights re-drawn),
+    saved and loaded into splice's."""
+    root = tmp_path_factory.mktemp("speech")
+
+    @functools.cache
+    def pair(decoder: str) -> SimpleNamespace:
+        return _speech_pair(decoder, str(root / f"speech-{decoder}"))
+
+    return pair
+
+
+def _speech_pair(decoder: str, directory: str) -> SimpleNamespace:
     torch.manual_seed(3)
     config = T.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), SPEECH_DECODERS[decoder]())
     oracle = T.SpeechEncoderDecoderModel(config)
@@ -524,7 +485,6 @@ def speech_pair(decoder: str) -> SimpleNamespace:
         cfg.decoder_start_token_id = BOS
         cfg.pad_token_id = PAD
     oracle.eval()
-    directory = os.path.join(_TMP.name, f"speech-{decoder}")
     oracle.save_pretrained(directory)
     model, info = splice.SpeechEncoderDecoderModel.from_pretrained(directory, output_loading_info=True)
     return SimpleNamespace(
@@ -533,7 +493,7 @@ def speech_pair(decoder: str) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize("decoder", list(SPEECH_DECODERS))
-def test_speech_parity_logits_and_loss(decoder):
+def test_speech_parity_logits_and_loss(decoder, speech_pair):
     pair = speech_pair(decoder)
     assert not pair.info["missing_keys"] and not pair.info["unexpected_keys"] and not pair.info["mismatched_keys"]
     assert type(pair.model.encoder) is type(pair.oracle.encoder)
@@ -555,7 +515,7 @@ def test_speech_parity_logits_and_loss(decoder):
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
 @pytest.mark.parametrize("decoder", list(SPEECH_DECODERS))
-def test_speech_parity_generation(decoder, num_beams):
+def test_speech_parity_generation(decoder, num_beams, speech_pair):
     pair = speech_pair(decoder)
     values, mask = pair.inputs["input_values"], pair.inputs["attention_mask"]
     with torch.no_grad():
@@ -567,7 +527,7 @@ def test_speech_parity_generation(decoder, num_beams):
 
 
 @pytest.mark.parametrize("decoder", list(SPEECH_DECODERS))
-def test_speech_checkpoint_loads_in_transformers(decoder, tmp_path):
+def test_speech_checkpoint_loads_in_transformers(decoder, tmp_path, speech_pair):
     pair = speech_pair(decoder)
     pair.model.save_pretrained(tmp_path)
     oracle, info = T.SpeechEncoderDecoderModel.from_pretrained(tmp_path, output_loading_info=True)
@@ -582,7 +542,7 @@ def test_speech_checkpoint_loads_in_transformers(decoder, tmp_path):
 def test_speech_from_encoder_decoder_pretrained(tmp_path):
     torch.manual_seed(5)
     encoder = T.Wav2Vec2Model(wav2vec2_config())
-    decoder = T.GPT2LMHeadModel(gpt2_config())
+    decoder = T.GPT2LMHeadModel(DECODERS["gpt2"]())
     encoder.save_pretrained(tmp_path / "enc")
     decoder.save_pretrained(tmp_path / "dec")
 
@@ -608,7 +568,7 @@ def test_speech_from_encoder_decoder_pretrained(tmp_path):
     assert generated.shape[0] == BATCH and 2 <= generated.shape[1] <= 5
 
     # Same keys as transformers' composite of these parts: the state dict loads strictly and gives the same logits.
-    config = T.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), gpt2_config())
+    config = T.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), DECODERS["gpt2"]())
     config.decoder_start_token_id = model.config.decoder_start_token_id
     config.pad_token_id = model.config.pad_token_id
     oracle = T.SpeechEncoderDecoderModel(config)
@@ -620,7 +580,7 @@ def test_speech_from_encoder_decoder_pretrained(tmp_path):
 
 def test_freeze_feature_encoder():
     torch.manual_seed(0)
-    config = splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), gpt2_config())
+    config = splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), DECODERS["gpt2"]())
     model = splice.SpeechEncoderDecoderModel(config)
     conv = dict(model.encoder.feature_extractor.named_parameters())
     assert conv and all(p.requires_grad for p in model.parameters())
@@ -646,7 +606,7 @@ def test_clip_checkpoint_dir_uses_vision_tower(tmp_path):
     torch.manual_seed(0)
     clip = T.CLIPModel(clip_config())
     clip.save_pretrained(tmp_path / "clip")
-    T.GPT2LMHeadModel(gpt2_config()).save_pretrained(tmp_path / "gpt2")
+    T.GPT2LMHeadModel(DECODERS["gpt2"]()).save_pretrained(tmp_path / "gpt2")
 
     model = splice.VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
         str(tmp_path / "clip"), str(tmp_path / "gpt2")
@@ -706,7 +666,7 @@ def test_wav2vec2_adapter_output_width_is_used():
         adapter_stride=2,
         num_adapter_layers=1,
     )
-    dec = T.BertConfig(vocab_size=99, hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    dec = bert_decoder_config(hidden_size=24, num_hidden_layers=1)
     model = splice.SpeechEncoderDecoderModel(splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
     assert not hasattr(model, "enc_to_dec_proj")  # adapter output (24) already matches the decoder (24)
     logits = model(inputs=torch.randn(1, 1000), decoder_input_ids=torch.tensor([[1]])).logits

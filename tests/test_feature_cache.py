@@ -13,14 +13,12 @@ import splice
 from splice.freezing import apply_freeze_policy
 from splice.training.feature_cache import FeatureCache, cached_batch, encoder_fingerprint
 
-
-def vit_config(**kw):
-    return tiny.vit_config(hidden_size=24, **kw)
+ENCODER = {"hidden_size": 24}
 
 
 def vit(seed=0, **kw):
     torch.manual_seed(seed)
-    return T.ViTModel(vit_config(**kw), add_pooling_layer=False).eval()
+    return T.ViTModel(tiny.vit_config(**(ENCODER | kw)), add_pooling_layer=False).eval()
 
 
 def images(n, seed=0):
@@ -166,8 +164,8 @@ def test_get_names_a_missing_item(tmp_path):
 
 
 def test_training_on_cached_features_gives_the_same_loss_and_gradients(tmp_path):
-    gpt2 = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64, bos_token_id=1, eos_token_id=2)
-    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), gpt2)
+    gpt2 = tiny.gpt2_config(pad_token_id=None, n_inner=None)  # GPT-2's own: no pad, 4x inner width
+    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tiny.vit_config(**ENCODER), gpt2)
     torch.manual_seed(0)
     model = splice.VisionEncoderDecoderModel(config).eval()  # eval: no dropout, so both paths are deterministic
     apply_freeze_policy(model, "encoder")

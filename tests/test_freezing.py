@@ -8,6 +8,7 @@ import torch
 import transformers as T
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny import gpt2_config, llama_config, vit_config
 
 import splice
 from splice.freezing import (
@@ -27,48 +28,10 @@ PIXELS = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))
 LABELS = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(1))
 
 
-def vit_config():
-    return T.ViTConfig(
-        hidden_size=ENC_WIDTH,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=30,
-        patch_size=10,
-    )
-
-
-def gpt2_config():
-    return T.GPT2Config(
-        n_embd=DEC_WIDTH,
-        n_layer=LAYERS,
-        n_head=4,
-        vocab_size=99,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-
-
-def llama_config():
-    return T.LlamaConfig(
-        hidden_size=DEC_WIDTH,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=LAYERS,
-        vocab_size=99,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-
-
 def build(decoder_config, conditioning):
     torch.manual_seed(0)
     config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        vit_config(), decoder_config, conditioning=conditioning
+        vit_config(hidden_size=ENC_WIDTH), decoder_config, conditioning=conditioning
     )
     return splice.VisionEncoderDecoderModel(config)
 
@@ -213,7 +176,7 @@ def test_adapter_from_a_full_checkpoint_reproduces_the_trained_model(tmp_path):
 
 def test_adapter_from_encoder_and_decoder_checkpoints_reproduces_the_trained_model(tmp_path):
     torch.manual_seed(0)
-    T.ViTModel(vit_config()).save_pretrained(tmp_path / "encoder")
+    T.ViTModel(vit_config(hidden_size=ENC_WIDTH)).save_pretrained(tmp_path / "encoder")
     T.GPT2LMHeadModel(gpt2_config()).save_pretrained(tmp_path / "decoder")
     base = {"encoder": str(tmp_path / "encoder"), "decoder": str(tmp_path / "decoder")}
     model = splice.VisionEncoderDecoderModel.from_encoder_decoder_pretrained(

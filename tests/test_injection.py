@@ -1,39 +1,16 @@
-import os
+import copy
+import warnings
 
-os.environ["HF_HUB_OFFLINE"] = "1"
+import pytest
+import torch
+import transformers
+from tiny import DECODER_FAMILIES, VOCAB, decoder_config, open_gates
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicCache
 
-import copy  # noqa: E402
-import warnings  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import (  # noqa: E402
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    OPTConfig,
-    OPTForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
-from transformers.cache_utils import DynamicCache  # noqa: E402
-
-from splice._compat import cache_kwargs  # noqa: E402
-from splice.injection import (  # noqa: E402
+from splice._compat import cache_kwargs
+from splice.injection import (
     CrossAttentionLayer,
     GatedCrossAttention,
     cross_attention_kwargs,
@@ -43,50 +20,17 @@ from splice.injection import (  # noqa: E402
     inject_cross_attention,
 )
 
-VOCAB = 100
 ENC_DIM = 24  # deliberately different from every decoder width
 NUM_LAYERS = 4
-_GQA = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
-
-# name -> (model class, config factory, dotted path of the layer list)
-FAMILIES = {
-    "llama": (LlamaForCausalLM, lambda: LlamaConfig(**_GQA), "model.layers"),
-    "mistral": (MistralForCausalLM, lambda: MistralConfig(**_GQA, sliding_window=4), "model.layers"),
-    "qwen2": (Qwen2ForCausalLM, lambda: Qwen2Config(**_GQA), "model.layers"),
-    "qwen3": (Qwen3ForCausalLM, lambda: Qwen3Config(**_GQA, head_dim=8), "model.layers"),
-    "gemma2": (Gemma2ForCausalLM, lambda: Gemma2Config(**_GQA, head_dim=8, sliding_window=4), "model.layers"),
-    "gemma3": (Gemma3ForCausalLM, lambda: Gemma3TextConfig(**_GQA, head_dim=8, sliding_window=4), "model.layers"),
-    "phi3": (Phi3ForCausalLM, lambda: Phi3Config(**_GQA, resid_pdrop=0.0, embd_pdrop=0.0), "model.layers"),
-    # word_embed_proj_dim != hidden_size: the layers run at hidden_size, which injection must pick.
-    "opt": (
-        OPTForCausalLM,
-        lambda: OPTConfig(hidden_size=48, word_embed_proj_dim=32, ffn_dim=64, num_attention_heads=4, dropout=0.0),
-        "model.decoder.layers",
-    ),
-    "gpt_neox": (
-        GPTNeoXForCausalLM,
-        lambda: GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_dropout=0.0),
-        "gpt_neox.layers",
-    ),
-    "gpt2": (
-        GPT2LMHeadModel,
-        lambda: GPT2Config(n_embd=32, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-        "transformer.h",
-    ),
-}
+# On top of the tiny family configs: OPT's word_embed_proj_dim (32) != hidden_size, so that the layers run at
+# hidden_size, which injection must pick.
+WIDER = {"opt": {"hidden_size": 48}}
 
 
 def make_decoder(family: str, num_layers: int = NUM_LAYERS) -> nn.Module:
-    model_class, make_config, _ = FAMILIES[family]
-    config = make_config()
-    config.vocab_size = VOCAB
-    config.num_hidden_layers = num_layers
-    config.max_position_embeddings = 64
-    config.pad_token_id = 0
-    config.bos_token_id = 1
-    config.eos_token_id = 2
+    config = decoder_config(family, num_hidden_layers=num_layers, **WIDER.get(family, {}))
     torch.manual_seed(0)
-    return model_class(config).eval()
+    return getattr(transformers, DECODER_FAMILIES[family].causal_lm)(config).eval()
 
 
 def encoder_inputs(batch_size: int = 2, length: int = 5, seed: int = 1):
@@ -99,13 +43,6 @@ def encoder_inputs(batch_size: int = 2, length: int = 5, seed: int = 1):
 
 def input_ids(batch_size: int = 2, length: int = 7) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch_size, length), generator=torch.Generator().manual_seed(2))
-
-
-def open_gates(model: nn.Module, value: float = 0.5) -> None:
-    with torch.no_grad():
-        for name, param in cross_attention_parameters(model):
-            if name.endswith("_gate"):
-                param.fill_(value)
 
 
 @torch.no_grad()
@@ -128,17 +65,17 @@ def greedy(model: nn.Module, ids: torch.Tensor, states, mask, steps: int, use_ca
     return ids
 
 
-families = pytest.mark.parametrize("family", list(FAMILIES))
+families = pytest.mark.parametrize("family", list(DECODER_FAMILIES))
 
 
 @families
 def test_find_decoder_layers(family):
     model = make_decoder(family)
     path, layers = find_decoder_layers(model)
-    assert path == FAMILIES[family][2]
+    assert path == DECODER_FAMILIES[family].layers
     assert len(layers) == NUM_LAYERS
     assert layers is model.get_submodule(path)
-    assert find_decoder_layers(model, FAMILIES[family][2])[1] is layers
+    assert find_decoder_layers(model, DECODER_FAMILIES[family].layers)[1] is layers
 
 
 def test_find_decoder_layers_errors():
@@ -323,7 +260,7 @@ def test_gradient_checkpointing(family):
 @families
 def test_state_dict_attributes_and_double_injection(family):
     model = make_decoder(family)
-    path = FAMILIES[family][2]
+    path = DECODER_FAMILIES[family].layers
     base_layer = find_decoder_layers(model)[1][1]
     base_keys = set(base_layer.state_dict())
     inject_cross_attention(model, ENC_DIM, every=2)

@@ -1,21 +1,16 @@
 """Generation fast paths: the LM head on oneDNN, and beam search leaving cross-attention keys/values in place."""
 
-import os
-import sys
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as T
+from tiny import gpt2_config, llama_config, mkldnn_enabled, open_gates, pixel_values, randomize, vit_config
+from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import transformers as T  # noqa: E402
-from tiny import gpt2_config, llama_config, mkldnn_enabled, pixel_values, randomize, vit_config  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: E402
-
-import splice  # noqa: E402
-from splice import onednn  # noqa: E402
-from splice.onednn import OneDNNLinear, onednn_available, use_onednn_lm_head  # noqa: E402
+import splice
+from splice import onednn
+from splice.onednn import OneDNNLinear, onednn_available, use_onednn_lm_head
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="oneDNN linears need an x86 CPU build with oneDNN")
 
@@ -109,11 +104,7 @@ def test_only_decoding_step_shapes_take_onednn(monkeypatch):
 def test_generate_uses_the_onednn_head_and_gives_the_same_ids(decoder_config, kw, monkeypatch):
     model = spliced(decoder_config, **kw)
     if kw:  # open the injected gates so the image matters
-        gates = [p for name, p in model.named_parameters() if name.endswith("gate")]
-        assert gates
-        with torch.no_grad():
-            for gate in gates:
-                gate.fill_(0.5)
+        open_gates(model)
     calls = []
     forward = OneDNNLinear.forward
     monkeypatch.setattr(OneDNNLinear, "forward", lambda self, x: calls.append(x.shape) or forward(self, x))

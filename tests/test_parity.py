@@ -7,21 +7,15 @@ greedy and beam generation, checkpoints in both directions and the Auto-class ma
 encoder (width 24) differ from the decoders' width 32, so `enc_to_dec_proj` is covered as well.
 """
 
+import functools
 import os
-import sys
+import warnings
+from types import SimpleNamespace
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, os.path.dirname(__file__))
-
-import functools  # noqa: E402
-import tempfile  # noqa: E402
-import warnings  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from tiny import (  # noqa: E402
+import pytest
+import torch
+import transformers
+from tiny import (
     DECODER_START,
     DECODERS,
     PAD,
@@ -33,9 +27,9 @@ from tiny import (  # noqa: E402
     randomize,
     text_inputs,
 )
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers.utils import logging as hf_logging
 
-import splice  # noqa: E402
+import splice
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -52,17 +46,7 @@ PAIRS = [("vision", enc, dec) for enc in VISION_ENCODERS for dec in DECODERS] + 
 ]
 PAIR_IDS = [f"{'ved' if kind == 'vision' else 'ed'}-{enc}-{dec}" for kind, enc, dec in PAIRS]
 
-_TMP = tempfile.TemporaryDirectory(prefix="splice-parity-")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models are tiny: one thread is as fast, and far faster when other processes share the CPU cores
-    # (OpenMP workers spin-waiting under contention made a tiny forward 50x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _classes(kind):
@@ -83,9 +67,15 @@ def _classes(kind):
     )
 
 
-@functools.cache
-def _pair(kind: str, enc: str, dec: str) -> SimpleNamespace:
-    """Build the transformers composite for a pair, save it, and load it into splice (once per pair)."""
+@pytest.fixture(scope="module")
+def pair_of(tmp_path_factory):
+    """`pair_of(kind, enc, dec)`: the pair built by `_pair` under this module's temp dir, once per pair."""
+    root = tmp_path_factory.mktemp("parity")
+    return functools.cache(lambda kind, enc, dec: _pair(kind, enc, dec, str(root / f"{kind}-{enc}-{dec}")))
+
+
+def _pair(kind: str, enc: str, dec: str, directory: str) -> SimpleNamespace:
+    """Build the transformers composite for a pair, save it in `directory`, and load it into splice."""
     hf_config_cls, hf_model_cls, sp_config_cls, sp_model_cls, auto_cls = _classes(kind)
     encoders = VISION_ENCODERS if kind == "vision" else TEXT_ENCODERS
     index = PAIRS.index((kind, enc, dec))
@@ -98,7 +88,6 @@ def _pair(kind: str, enc: str, dec: str) -> SimpleNamespace:
         cfg.decoder_start_token_id = DECODER_START
         cfg.pad_token_id = PAD
     oracle.eval()
-    directory = os.path.join(_TMP.name, f"{kind}-{enc}-{dec}")
     oracle.save_pretrained(os.path.join(directory, "oracle"))
 
     model, info = sp_model_cls.from_pretrained(os.path.join(directory, "oracle"), output_loading_info=True)
@@ -153,8 +142,8 @@ def _generate(model, inputs, **kwargs):
 
 
 @pytest.mark.parametrize(("kind", "enc", "dec"), PAIRS, ids=PAIR_IDS)
-def test_loads_transformers_checkpoint(kind, enc, dec):
-    pair = _pair(kind, enc, dec)
+def test_loads_transformers_checkpoint(kind, enc, dec, pair_of):
+    pair = pair_of(kind, enc, dec)
     _, _, sp_config_cls, sp_model_cls, _ = pair.classes
     assert type(pair.model) is sp_model_cls
     assert isinstance(pair.model, splice.SpliceModel)
@@ -172,8 +161,8 @@ def test_loads_transformers_checkpoint(kind, enc, dec):
 
 
 @pytest.mark.parametrize(("kind", "enc", "dec"), PAIRS, ids=PAIR_IDS)
-def test_forward_logits_and_loss(kind, enc, dec):
-    pair = _pair(kind, enc, dec)
+def test_forward_logits_and_loss(kind, enc, dec, pair_of):
+    pair = pair_of(kind, enc, dec)
     target = labels(seed=pair.seed)  # no -100: both sides see the same (all-ones) decoder mask
     expected = _forward(pair.oracle, pair.inputs, labels=target)
     got = _forward(pair.model, pair.inputs, labels=target)
@@ -195,11 +184,11 @@ def test_forward_logits_and_loss(kind, enc, dec):
 
 
 @pytest.mark.parametrize(("kind", "enc", "dec"), PAIRS, ids=PAIR_IDS)
-def test_ignore_index_labels(kind, enc, dec):
+def test_ignore_index_labels(kind, enc, dec, pair_of):
     # splice masks decoder positions whose previous label is -100; transformers' VED passes no decoder mask and its
     # EncoderDecoderModel masks pad ids. Positions whose label is real see only real inputs (causal), so there the
     # logits, and hence the loss, must agree.
-    pair = _pair(kind, enc, dec)
+    pair = pair_of(kind, enc, dec)
     target = labels(seed=pair.seed, pad_with_ignore=True)
     assert (target == -100).any()
     expected = _forward(pair.oracle, pair.inputs, labels=target)
@@ -213,11 +202,11 @@ def test_ignore_index_labels(kind, enc, dec):
 
 @pytest.mark.parametrize("onednn", [False, True], ids=["exact", "onednn"])
 @pytest.mark.parametrize(("kind", "enc", "dec"), PAIRS, ids=PAIR_IDS)
-def test_generate_greedy_and_beam(kind, enc, dec, onednn):
+def test_generate_greedy_and_beam(kind, enc, dec, onednn, pair_of):
     # With oneDNN switched off splice's generate runs the oracle's arithmetic, and scores must agree to LOGIT_ATOL. With
     # it on (the default), splice's linears sum in another order (splice/onednn.py): ids must still be identical, and
     # scores agree to the same tolerance relative to their magnitude (fp32 rounding grows with the logits' scale).
-    pair = _pair(kind, enc, dec)
+    pair = pair_of(kind, enc, dec)
     # Scores are compared as well as ids: random decoders often settle on repeating a token, and equal ids alone
     # would then say little; the per-step scores (cached decoding, the path training never takes) must agree too.
     scored = {"output_scores": True, "return_dict_in_generate": True}
@@ -248,8 +237,8 @@ def test_generate_greedy_and_beam(kind, enc, dec, onednn):
 
 
 @pytest.mark.parametrize(("kind", "enc", "dec"), PAIRS, ids=PAIR_IDS)
-def test_save_reverse_and_round_trip(kind, enc, dec):
-    pair = _pair(kind, enc, dec)
+def test_save_reverse_and_round_trip(kind, enc, dec, pair_of):
+    pair = pair_of(kind, enc, dec)
     _, hf_model_cls, _, sp_model_cls, _ = pair.classes
     out = os.path.join(pair.directory, "splice")
     pair.model.save_pretrained(out)
@@ -280,8 +269,8 @@ def test_save_reverse_and_round_trip(kind, enc, dec):
 
 
 @pytest.mark.parametrize(("kind", "enc", "dec"), PAIRS, ids=PAIR_IDS)
-def test_auto_class_builds_splice(kind, enc, dec):
-    pair = _pair(kind, enc, dec)
+def test_auto_class_builds_splice(kind, enc, dec, pair_of):
+    pair = pair_of(kind, enc, dec)
     _, _, sp_config_cls, sp_model_cls, auto_cls = pair.classes
     model = auto_cls.from_pretrained(os.path.join(pair.directory, "oracle")).eval()
     assert type(model) is sp_model_cls
@@ -295,9 +284,9 @@ def test_auto_class_builds_splice(kind, enc, dec):
 
 
 @pytest.mark.parametrize(("enc", "dec"), [(e, d) for e in TEXT_ENCODERS for d in DECODERS])
-def test_encoder_mask_reaches_cross_attention(enc, dec):
+def test_encoder_mask_reaches_cross_attention(enc, dec, pair_of):
     # Same encoder states, only the mask changes: any logit change comes from the cross-attention mask alone.
-    pair = _pair("text", enc, dec)
+    pair = pair_of("text", enc, dec)
     target = labels(seed=pair.seed)
     with torch.no_grad():
         states = pair.model.get_encoder()(**pair.inputs).last_hidden_state

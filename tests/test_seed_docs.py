@@ -21,22 +21,16 @@ Where an example mutates `model.config` (special tokens, generation settings), s
 ignores such edits in `generate`, so the oracle comparisons pass the same values to the oracle explicitly.
 """
 
-import os
-import sys
+import json
+import warnings
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, os.path.dirname(__file__))
-
-import json  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
-from PIL import Image  # noqa: E402
-from tiny import (  # noqa: E402
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+from tiny import (
     bert_decoder_config,
     bert_encoder_config,
     byte_bpe_vocab,
@@ -47,7 +41,7 @@ from tiny import (  # noqa: E402
     vit_config,
     write_bert_vocab,
 )
-from transformers import (  # noqa: E402
+from transformers import (
     AutoProcessor,
     AutoTokenizer,
     BertTokenizer,
@@ -56,10 +50,10 @@ from transformers import (  # noqa: E402
     TrOCRProcessor,
     ViTImageProcessor,
 )
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers.utils import logging as hf_logging
 
-import splice  # noqa: E402
-from splice import (  # noqa: E402
+import splice
+from splice import (
     EncoderDecoderConfig,
     EncoderDecoderModel,
     VisionEncoderDecoderConfig,
@@ -80,13 +74,7 @@ ARTICLE_TO_SUMMARIZE = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is as fast, and much faster when other processes share the CPU cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (48, 40)) -> Image.Image:
