@@ -6,7 +6,7 @@ import inspect
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, EncoderDecoderCache
 
@@ -79,14 +79,7 @@ class Conditioning:
         """Attach what this mode adds to `model` (a `SpliceModel` whose encoder and decoder exist)."""
         raise NotImplementedError
 
-    def decode(
-        self,
-        model: nn.Module,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None,
-        cache: Cache | None,
-        **decoder_kwargs: Any,
-    ) -> Any:
+    def decode(self, model: nn.Module, states: Tensor, mask: Tensor | None, cache: Cache | None, **kwargs: Any) -> Any:
         """Run `model.decoder` on the decoder inputs, reading the adapted encoder states `[B, S, D]`.
 
         Returns the decoder's output (with `logits`) for the text positions.

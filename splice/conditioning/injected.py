@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 
@@ -415,14 +415,7 @@ class Injected(Conditioning):
             layers_attr=config.cross_attention_layers_attr,
         )
 
-    def decode(
-        self,
-        model: nn.Module,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None,
-        cache: Cache | None,
-        **decoder_kwargs: Any,
-    ) -> Any:
+    def decode(self, model: nn.Module, states: Tensor, mask: Tensor | None, cache: Cache | None, **kwargs: Any) -> Any:
         key_value_cache = None
         if isinstance(cache, EncoderDecoderCache):  # inside `generate`: keys/values kept in its cross-attention cache
             if cache.cross_attention_cache.get_seq_length() == 0:
@@ -432,8 +425,8 @@ class Injected(Conditioning):
             key_value_cache = cache.cross_attention_cache
         return model.decoder(
             **cache_kwargs(self_attention_cache(cache)),
-            **cross_attention_kwargs(encoder_hidden_states, encoder_attention_mask, key_value_cache),
-            **decoder_kwargs,
+            **cross_attention_kwargs(states, mask, key_value_cache),
+            **kwargs,
         )
 
     def parameter_names(self, model: nn.Module) -> set[str]:

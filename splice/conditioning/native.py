@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers.cache_utils import Cache
 
 from .._compat import cache_kwargs
@@ -42,20 +41,13 @@ class Native(Conditioning):
         if cross_width is None and enc_width != dec_width:
             model.enc_to_dec_proj = nn.Linear(enc_width, dec_width)
 
-    def decode(
-        self,
-        model: nn.Module,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None,
-        cache: Cache | None,
-        **decoder_kwargs: Any,
-    ) -> Any:
+    def decode(self, model: nn.Module, states: Tensor, mask: Tensor | None, cache: Cache | None, **kwargs: Any) -> Any:
         # The decoder keeps the cross-attention keys/values in `generate`'s `EncoderDecoderCache` itself.
         return model.decoder(
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
+            encoder_hidden_states=states,
+            encoder_attention_mask=mask,
             **cache_kwargs(cache),
-            **decoder_kwargs,
+            **kwargs,
         )
 
     def parameter_names(self, model: nn.Module) -> set[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers.cache_utils import Cache
 
 from .._compat import cache_kwargs
@@ -149,23 +149,23 @@ class Prefix(Conditioning):
     def decode(
         self,
         model: nn.Module,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None,
+        states: Tensor,
+        mask: Tensor | None,
         cache: Cache | None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **decoder_kwargs: Any,
+        **kwargs: Any,
     ) -> Any:
         cache = self_attention_cache(cache)
         past_length = cache.get_seq_length() if cache is not None else 0
         if inputs_embeds is None:
             inputs_embeds = model.decoder.get_input_embeddings()(input_ids)  # [B, T, D]
         projector = model.prefix_projector
-        prefix_mask = projector.prefix_mask(encoder_hidden_states, encoder_attention_mask)  # [B, P]
+        prefix_mask = projector.prefix_mask(states, mask)  # [B, P]
         prefix_length = prefix_mask.shape[1]
         if past_length == 0:  # the prefix enters once; later steps find it in the KV cache
-            prefix = projector(encoder_hidden_states, encoder_attention_mask)  # [B, P, D]
+            prefix = projector(states, mask)  # [B, P, D]
             inputs_embeds = torch.cat([prefix.to(inputs_embeds.dtype), inputs_embeds], dim=1)  # [B, P+T, D]
         batch, new_length = inputs_embeds.shape[:2]
         text_length = past_length + new_length - prefix_length
@@ -174,13 +174,13 @@ class Prefix(Conditioning):
         full_mask = torch.cat([prefix_mask, attention_mask[:, -text_length:].to(prefix_mask.dtype)], dim=1)
         # Positions count real tokens only, so a padded prefix or padded text shifts nothing.
         position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -new_length:]  # [B, T_new]
-        decoder_kwargs.pop("position_ids", None)
+        kwargs.pop("position_ids", None)
         outputs = model.decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=full_mask,
             position_ids=position_ids,
             **cache_kwargs(cache),
-            **decoder_kwargs,
+            **kwargs,
         )
         if past_length == 0:
             outputs.logits = outputs.logits[:, prefix_length:]  # logits for the text positions only

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -11,6 +13,31 @@ from ..conditioning import enable_cross_attention
 from ..encoders import encoder_tower
 
 logger = logging.get_logger(__name__)
+
+
+def load_part(
+    role: str, path: str | None, kwargs: dict[str, Any], auto_class: Any, adjust: Callable[[Any], None], *model_args
+) -> Any:
+    """The `role` ("encoder"/"decoder") instance: the `model=` one given, else loaded from `path` with its config
+    passed through `adjust` first. A path that cannot be loaded is an `OSError` naming it and the likely cause."""
+    model = kwargs.pop("model", None)
+    if model is not None:
+        return model
+    if path is None:
+        raise ValueError(f"Pass `{role}_pretrained_model_name_or_path` or a `{role}_model` instance.")
+    try:
+        if "config" not in kwargs:
+            config, kwargs = AutoConfig.from_pretrained(path, **kwargs, return_unused_kwargs=True)
+            kwargs["config"] = config
+        adjust(kwargs["config"])
+        return auto_class.from_pretrained(path, *model_args, **kwargs)
+    except OSError as error:
+        where = (
+            "the directory exists but holds no loadable checkpoint (config.json and weights)"
+            if Path(str(path)).is_dir()
+            else "not found locally and the hub is unreachable (HF_HUB_OFFLINE=1?) or has no such model"
+        )
+        raise OSError(f"Cannot load the {role} {str(path)!r}: {where}.") from error
 
 
 class FromPartsMixin:
@@ -43,34 +70,21 @@ class FromPartsMixin:
         conditioning = kwargs.get("conditioning", "auto")
         tokenizer = kwargs.pop("tokenizer", None)
 
-        encoder = kwargs_encoder.pop("model", None)
-        if encoder is None:
-            if encoder_pretrained_model_name_or_path is None:
-                raise ValueError("Pass `encoder_pretrained_model_name_or_path` or an `encoder_model` instance.")
-            if "config" not in kwargs_encoder:
-                encoder_config, kwargs_encoder = AutoConfig.from_pretrained(
-                    encoder_pretrained_model_name_or_path, **kwargs_encoder, return_unused_kwargs=True
-                )
-                if getattr(encoder_config, "is_decoder", False) or getattr(encoder_config, "add_cross_attention", 0):
-                    logger.info("Loading a decoder checkpoint as the encoder: causal mask and cross-attention off.")
-                    encoder_config.is_decoder = False
-                    encoder_config.add_cross_attention = False
-                kwargs_encoder["config"] = encoder_config
-            encoder = AutoModel.from_pretrained(encoder_pretrained_model_name_or_path, *model_args, **kwargs_encoder)
+        def encoder_config(config: Any) -> None:
+            if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+                logger.info("Loading a decoder checkpoint as the encoder: causal mask and cross-attention off.")
+                config.is_decoder = False
+                config.add_cross_attention = False
 
-        decoder = kwargs_decoder.pop("model", None)
-        if decoder is None:
-            if decoder_pretrained_model_name_or_path is None:
-                raise ValueError("Pass `decoder_pretrained_model_name_or_path` or a `decoder_model` instance.")
-            if "config" not in kwargs_decoder:
-                decoder_config, kwargs_decoder = AutoConfig.from_pretrained(
-                    decoder_pretrained_model_name_or_path, **kwargs_decoder, return_unused_kwargs=True
-                )
-                kwargs_decoder["config"] = decoder_config
-            if cls.config_class.resolve_auto(conditioning, kwargs_decoder["config"]) == "native":
+        def decoder_config(config: Any) -> None:
+            if cls.config_class.resolve_auto(conditioning, config) == "native":
                 logger.info("Adding cross-attention layers to the decoder; they start from random weights.")
-                enable_cross_attention(kwargs_decoder["config"])
-            decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **kwargs_decoder)
+                enable_cross_attention(config)
+
+        encoder = load_part("encoder", encoder_pretrained_model_name_or_path, kwargs_encoder, AutoModel, encoder_config,
+                            *model_args)  # fmt: skip
+        decoder = load_part("decoder", decoder_pretrained_model_name_or_path, kwargs_decoder, AutoModelForCausalLM,
+                            decoder_config)  # fmt: skip
 
         # The decoder as built decides "auto": its own cross-attention if it has some (as in `__init__`).
         kwargs["conditioning"] = cls.config_class.resolve_auto(kwargs.get("conditioning", "auto"), decoder)

@@ -6,11 +6,10 @@ Each fixes its main input and checkpoint format; everything else is `SpliceModel
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from ..configuration import EncoderDecoderConfig, SpeechEncoderDecoderConfig, VisionEncoderDecoderConfig
-from .splice import SpliceModel, forward_arguments
+from .signature import DECODER_PARAMETERS, FORWARD_DOC, composite_forward
+from .splice import SpliceModel
 
 
 class VisionEncoderDecoderModel(SpliceModel):
@@ -32,23 +31,10 @@ class VisionEncoderDecoderModel(SpliceModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: tuple | BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        r"""See [`SpliceModel.forward`]; the encoder input is `pixel_values` `[B, C, H, W]`."""
-        return self._splice_forward(**forward_arguments(locals()))
+    forward_parameters = ("pixel_values", *DECODER_PARAMETERS, "return_dict")  # fmt: skip
+    forward = composite_forward(
+        forward_parameters, "The encoder input is `pixel_values` `[B, C, H, W]`.\n\n" + FORWARD_DOC
+    )
 
 
 class EncoderDecoderModel(SpliceModel):
@@ -74,25 +60,14 @@ class EncoderDecoderModel(SpliceModel):
         mask[:, 0] = 1
         return mask
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: tuple | BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        r"""See [`SpliceModel.forward`]; the encoder input is `input_ids` `[B, S]` with its `attention_mask`."""
-        return self._splice_forward(**forward_arguments(locals()))
+    forward_parameters = (
+        "input_ids", "attention_mask", *DECODER_PARAMETERS[:4], "inputs_embeds", *DECODER_PARAMETERS[4:], "return_dict",
+    )  # fmt: skip
+    forward = composite_forward(
+        forward_parameters,
+        "The encoder input is `input_ids` `[B, S]` with its `attention_mask` (also masking the cross-attention).\n\n"
+        + FORWARD_DOC,
+    )
 
 
 class SpeechEncoderDecoderModel(SpliceModel):
@@ -109,23 +84,9 @@ class SpeechEncoderDecoderModel(SpliceModel):
         """Stop gradients into the convolutional feature extractor of the speech encoder."""
         self.encoder.freeze_feature_encoder()
 
-    def forward(
-        self,
-        inputs: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: tuple | BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        input_values: torch.Tensor | None = None,
-        input_features: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        r"""See [`SpliceModel.forward`]; the encoder input is `inputs`, `input_values` or `input_features`."""
-        return self._splice_forward(**forward_arguments(locals()))
+    forward_parameters = (
+        "inputs", "attention_mask", *DECODER_PARAMETERS, "input_values", "input_features", "return_dict",
+    )  # fmt: skip
+    forward = composite_forward(
+        forward_parameters, "The encoder input is `inputs` (or `input_values` / `input_features`).\n\n" + FORWARD_DOC
+    )

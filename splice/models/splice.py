@@ -27,8 +27,10 @@ from ..conditioning.prefix import PrefixProjector
 from ..configuration import SpliceConfig
 from ..encoders import as_token_states, encoder_tower
 from ..onednn import use_onednn_lm_head
-from ..special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
+from ..special_tokens import SPECIAL_TOKENS, validate_token_ids
 from .assembly import FromPartsMixin
+from .signature import DECODER_PARAMETERS, FORWARD_DOC, composite_forward
+from .special_tokens import SpecialTokensMixin
 
 logger = logging.get_logger(__name__)
 
@@ -36,12 +38,6 @@ logger = logging.get_logger(__name__)
 _ENCODER_INPUTS = ("pixel_values", "input_ids", "input_values", "input_features", "inputs_embeds", "inputs")
 # Per `generate` call, the adapted encoder states ride on that call's cache (one cache per call: thread-safe).
 _KEPT = "_splice_encoder_side"
-
-
-def forward_arguments(frame: dict[str, Any]) -> dict[str, Any]:
-    """A `forward`'s arguments from its `locals()`: the named ones and its `**kwargs`, without `self`."""
-    named = {k: v for k, v in frame.items() if k not in ("self", "kwargs", "__class__")}
-    return named | frame.get("kwargs", {})
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
@@ -61,7 +57,7 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_s
     return shifted.masked_fill_(shifted == -100, pad_token_id)
 
 
-class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
+class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, GenerationMixin):
     r"""
     An encoder (any `AutoModel` whose output has `last_hidden_state`) joined to a causal-LM decoder.
 
@@ -132,7 +128,7 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
             self._tied_weights_keys = self._encoder_decoder_tied_keys()
         self.post_init()
         use_onednn_lm_head(decoder)  # after initialisation, which would re-draw a new module's (shared) weight
-        self._synced_tokens: dict[str, Any] = {}
+        self._synced_tokens: dict[str, Any] = {}  # the special tokens as last agreed by config and generation config
         self._sync_generation_config()
 
     # -- construction ---------------------------------------------------------------------------------------------
@@ -200,58 +196,6 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.decoder.set_output_embeddings(new_embeddings)
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
-        """Resize the decoder's vocabulary (input and output embeddings); the composite config follows."""
-        embeddings = self.decoder.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
-        self._sync_generation_config()
-        return embeddings
-
-    # -- special tokens and generation settings ---------------------------------------------------------------------
-
-    def _sync_generation_config(self) -> None:
-        """Make config and generation config agree on special tokens; mirror generation settings set on the config.
-
-        Whichever side was edited since the last sync wins, so `model.config.pad_token_id = ...` (seed docs) and
-        `model.generation_config.pad_token_id = ...` (transformers v5) both work.
-        """
-        gen = self.generation_config
-        if gen is None:
-            return
-        for key, value in self.config.new_generation_overrides().items():
-            setattr(gen, key, value)
-        for field, synced in self._synced_tokens.items():
-            on_config, on_gen = getattr(self.config, field), getattr(gen, field, None)
-            if on_config != synced:
-                setattr(gen, field, on_config)
-            elif on_gen != synced:
-                setattr(self.config, field, on_gen)
-        values = resolve_special_tokens(self.config, gen)
-        validate_token_ids(values, self.config.decoder.vocab_size, values.pop("_source"))
-        for field in SPECIAL_TOKENS:
-            setattr(self.config, field, values[field])
-            setattr(gen, field, values[field])
-        self._synced_tokens = {field: values[field] for field in SPECIAL_TOKENS}
-
-    def configure_special_tokens(self, tokenizer: Any = None, **token_ids: int | list[int] | None) -> dict[str, Any]:
-        r"""
-        Set the special tokens from explicit ids and, for what is still unset, from a tokenizer.
-
-        Args:
-            tokenizer (*optional*): e.g. BERT's tokenizer fills `decoder_start_token_id` with `[CLS]` and
-                `eos_token_id` with `[SEP]` when the configs leave them unset.
-            token_ids: explicit `decoder_start_token_id`, `pad_token_id`, `eos_token_id`, `bos_token_id`.
-
-        Returns:
-            The resolved ids.
-        """
-        self._sync_generation_config()
-        values = resolve_special_tokens(self.config, self.generation_config, tokenizer, **token_ids)
-        values.pop("_source")
-        for field, value in values.items():
-            setattr(self.config, field, value)
-        self._sync_generation_config()
-        return values
-
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         self._sync_generation_config()
         passed = {f: kwargs[f] for f in SPECIAL_TOKENS if kwargs.get(f) is not None}
@@ -308,51 +252,13 @@ class SpliceModel(FromPartsMixin, PreTrainedModel, GenerationMixin):
             )
         return model_inputs
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        self._sync_generation_config()
-        super().save_pretrained(save_directory, *args, **kwargs)
-
     # -- forward --------------------------------------------------------------------------------------------------
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        input_values: torch.Tensor | None = None,
-        input_features: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: tuple | BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        r"""
-        Encode the input (unless `encoder_outputs` is given), then decode.
-
-        Args:
-            pixel_values / input_ids / input_values / input_features: the encoder's input, whichever it takes.
-            attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): the encoder's padding mask; also passed to
-                the decoder's cross-attention (downsampled for speech encoders).
-            inputs_embeds: the encoder's input embeddings, instead of `input_ids`.
-            decoder_input_ids (`torch.LongTensor` of shape `[B, T]`, *optional*): built from `labels` when omitted
-                (shifted right, -100 replaced by `pad_token_id`).
-            decoder_attention_mask (`torch.Tensor` of shape `[B, T]`, *optional*): when built from labels, positions
-                whose label is -100 are masked.
-            encoder_outputs (`tuple` or `BaseModelOutput`, *optional*): precomputed encoder outputs.
-            past_key_values / cache (`Cache`, *optional*): the decoder's cache (`cache` is transformers 5.24's name).
-            decoder_inputs_embeds: the decoder's input embeddings, instead of `decoder_input_ids`.
-            labels (`torch.LongTensor` of shape `[B, T]`, *optional*): target ids; -100 is ignored by the loss.
-            kwargs: unprefixed keys go to the encoder, `decoder_`-prefixed keys to the decoder.
-        """
-        return self._splice_forward(**forward_arguments(locals()))
+    forward_parameters = (
+        "pixel_values", "input_ids", "attention_mask", "input_values", "input_features", "inputs_embeds",
+        *DECODER_PARAMETERS, "return_dict",
+    )  # fmt: skip
+    forward = composite_forward(forward_parameters, FORWARD_DOC)
 
     def _splice_forward(
         self,
