@@ -8,17 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
-    Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
 )
 from transformers.trainer_utils import get_last_checkpoint
@@ -26,14 +27,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..conditioning import resolve_conditioning
 from ..data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs, open_image
 from ..data.builtin import make_dataset, train_tokenizer
+from ..inference import generate_for_records
 from ..models import EncoderDecoderModel, SmallCapModel, SpliceModel, VisionEncoderDecoderModel
-from ..processing import SpliceProcessor, decode_predictions
+from ..processing import SpliceProcessor
 from ..retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
 from .config import PRESETS, TASKS, TrainConfig
 from .feature_cache import FeatureCache, cached_batch, content_key
 from .freezing import apply_freeze_policy, trainable_counts
 from .lora import apply_lora
 from .metrics import build_compute_metrics, caption_metrics, ocr_metrics
+from .trainer import SpliceTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -199,20 +202,26 @@ def train(config: TrainConfig) -> dict[str, float]:
     )
     if config.feature_cache and encoder_frozen and task != "text":
         collator = cache_encoder_features(model, collator, records + eval_records, config, args)
-    trainer = Seq2SeqTrainer(
+    processor = SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer
+    trainer = SpliceTrainer(
         model=model,
+        processor=processor,
         args=args,
         train_dataset=records,
         eval_dataset=eval_records,
         data_collator=collator,
         compute_metrics=build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption"),
     )
-    resume = get_last_checkpoint(config.output_dir) if config.resume else None
+    resume = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
+    if config.resume and resume is None:
+        raise ValueError(
+            f"--resume: no checkpoint-N directory in {config.output_dir!r} to resume from. Drop --resume to start a "
+            "new run there."
+        )
     trainer.train(resume_from_checkpoint=resume)
     metrics = evaluate(model, eval_records, tokenizer, image_processor, task, config.batch_size)
     if trainer.is_world_process_zero():
         model.save_pretrained(config.output_dir)
-        processor = SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer
         processor.save_pretrained(config.output_dir)
         if prompted and config.retrieval_k:
             model.datastore.save(Path(config.output_dir) / "datastore")
@@ -298,34 +307,10 @@ def _reporters() -> list[str]:
     return ["tensorboard"]
 
 
-@torch.no_grad()
-def generate_texts(model: SpliceModel, records: list[dict], tokenizer, image_processor, batch_size: int) -> list[str]:
-    """Generate for each record in batches (images or source texts)."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    texts: list[str] = []
-    for start in tqdm(range(0, len(records), batch_size), desc="generating", leave=False):
-        chunk = records[start : start + batch_size]
-        if "retrieved" in chunk[0]:  # SmallCap: each image with its own retrieval prompt
-            processor = SpliceProcessor(image_processor, tokenizer)
-            texts.extend(
-                model.caption([open_image(r["image"]) for r in chunk], processor, [r["retrieved"] for r in chunk])
-            )
-            continue
-        if image_processor is not None:
-            pixels = image_processor([open_image(r["image"]) for r in chunk], return_tensors="pt")["pixel_values"]
-            ids = model.generate(pixels.to(model.device))
-        else:
-            inputs = tokenizer([r["source"] for r in chunk], padding=True, return_tensors="pt").to(model.device)
-            ids = model.generate(**inputs)
-        texts.extend(decode_predictions(tokenizer, ids))
-    return texts
-
-
 def evaluate(model: SpliceModel, records, tokenizer, image_processor, task: str, batch_size: int = 32) -> dict:
     """Metrics of the model's generations against every reference of each record."""
-    predictions = generate_texts(model, records, tokenizer, image_processor, batch_size)
+    progress = partial(tqdm, desc="generating", leave=False)
+    predictions = generate_for_records(model, records, tokenizer, image_processor, batch_size, progress)
     if task == "ocr":
         return ocr_metrics(predictions, [r["text"] for r in records])
     return caption_metrics(predictions, [r.get("references") or [r["text"]] for r in records])

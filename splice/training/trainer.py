@@ -1,0 +1,62 @@
+"""`Seq2SeqTrainer` whose checkpoints resume exactly: weights under the live module names, loaded strictly.
+
+transformers writes `model.safetensors` in the checkpoint format (v5 renames some modules on save, e.g. ViT's), and on
+`--resume` loads it with `strict=False`, so weights saved under one name and expected under another are dropped with a
+warning: the run goes on from initial values. Each checkpoint here also holds the model's state dict as it lives
+(`splice_weights.safetensors`, shared tensors once) and its processor; resuming loads that file strictly, and a
+mismatch is an error naming the keys.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+LIVE_WEIGHTS = "splice_weights.safetensors"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not match the model being resumed."""
+
+
+class SpliceTrainer(Seq2SeqTrainer):
+    """`Seq2SeqTrainer` with exact resume (see the module docstring).
+
+    Args:
+        processor (*optional*): saved into every checkpoint, so `splice caption checkpoint-N` works.
+        args, kwargs: those of `Seq2SeqTrainer`.
+    """
+
+    def __init__(self, *args: Any, processor: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.processor = processor
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.is_world_process_zero():
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
+        save_model(self.accelerator.unwrap_model(self.model), os.path.join(folder, LIVE_WEIGHTS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        path = os.path.join(resume_from_checkpoint, LIVE_WEIGHTS)
+        if not os.path.isfile(path):
+            raise CheckpointMismatchError(
+                f"{resume_from_checkpoint} has no {LIVE_WEIGHTS}: it was written by another tool or not completely "
+                "(interrupted while saving). Delete that directory to resume from the checkpoint before it."
+            )
+        missing, unexpected = load_model(model, path, strict=False)
+        if missing or unexpected:
+            raise CheckpointMismatchError(
+                f"The checkpoint {resume_from_checkpoint} does not match the model: missing keys {sorted(missing)[:8]}"
+                f" ({len(missing)}), unexpected keys {sorted(unexpected)[:8]} ({len(unexpected)}). Resume with the "
+                "same --encoder/--decoder/--conditioning/--freeze/--lora-rank/--preset as the interrupted run."
+            )
