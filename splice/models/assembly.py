@@ -25,15 +25,25 @@ def load_part(
         return model
     if path is None:
         raise ValueError(f"Pass `{role}_pretrained_model_name_or_path` or a `{role}_model` instance.")
+    if Path(str(path)).is_dir() and not (Path(str(path)) / "config.json").is_file():
+        raise OSError(f"Cannot load the {role} {str(path)!r}: the directory exists but has no config.json.")
     try:
         if "config" not in kwargs:
             config, kwargs = AutoConfig.from_pretrained(path, **kwargs, return_unused_kwargs=True)
             kwargs["config"] = config
         adjust(kwargs["config"])
+        mapping = getattr(auto_class, "_model_mapping", None)
+        if mapping is not None and type(kwargs["config"]) not in mapping:  # e.g. an encoder given as the decoder
+            kind = "language-model decoder (a causal LM)" if role == "decoder" else "encoder"
+            raise ValueError(
+                f"The {role} {str(path)!r} is a {kwargs['config'].model_type!r} model, which has no "
+                f"{auto_class.__name__} class: it cannot be the {kind}. Check the order of the two arguments, or pass "
+                f"a {kind} checkpoint."
+            )
         return auto_class.from_pretrained(path, *model_args, **kwargs)
     except OSError as error:
         where = (
-            "the directory exists but holds no loadable checkpoint (config.json and weights)"
+            "the directory holds no loadable weights"
             if Path(str(path)).is_dir()
             else "not found locally and the hub is unreachable (HF_HUB_OFFLINE=1?) or has no such model"
         )

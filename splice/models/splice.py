@@ -29,6 +29,7 @@ from ..encoders import as_token_states, encoder_tower
 from ..onednn import use_onednn_lm_head
 from ..special_tokens import SPECIAL_TOKENS, validate_token_ids
 from .assembly import FromPartsMixin
+from .checks import check_encoder_inputs, check_generate_arguments, check_ids
 from .signature import DECODER_PARAMETERS, FORWARD_DOC, composite_forward
 from .special_tokens import SpecialTokensMixin
 
@@ -202,6 +203,7 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         if generation_config is not None:
             passed = {f: getattr(generation_config, f, None) for f in SPECIAL_TOKENS} | passed
         validate_token_ids(passed, self.config.decoder.vocab_size, dict.fromkeys(passed, "generate() arguments"))
+        check_generate_arguments(self, inputs, generation_config, kwargs)
         return super().generate(inputs, generation_config=generation_config, **kwargs)
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
@@ -303,6 +305,7 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
                 )
             if attention_mask is not None and self._encoder_takes_mask:
                 kwargs["attention_mask"] = attention_mask
+            check_encoder_inputs(self.encoder, encoder_inputs)
             encoder_outputs = self.encoder(**encoder_inputs, **shared, return_dict=True, **kwargs)
         elif isinstance(encoder_outputs, tuple):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
@@ -313,13 +316,13 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         )
 
         if labels is not None:
-            self._check_ids("labels", labels)
+            check_ids("labels", labels, self.config.decoder.vocab_size)
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
                 if decoder_attention_mask is None:
                     decoder_attention_mask = self.decoder_attention_mask_from_labels(labels, decoder_input_ids)
         if decoder_input_ids is not None and not decoding:  # decoding steps feed back ids the model produced
-            self._check_ids("decoder_input_ids", decoder_input_ids)
+            check_ids("decoder_input_ids", decoder_input_ids, self.config.decoder.vocab_size)
 
         decoder_outputs = self.conditioning.decode(
             self,
@@ -338,12 +341,11 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         loss = None
         if labels is not None:
             logits = decoder_outputs.logits
-            reduction = "mean" if num_items_in_batch is None else "sum"
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), reduction=reduction
-            )
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
+            targets = labels.reshape(-1).to(logits.device)  # [B*T]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum")
+            # The mean over target tokens; a batch whose labels are all -100 has loss 0, not 0/0 = NaN.
+            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
+            loss = loss / count
 
         if not return_dict:  # the seed classes' tuple: loss, then the decoder's outputs, then the encoder's
             return ((loss,) if loss is not None else ()) + decoder_outputs.to_tuple() + encoder_outputs.to_tuple()
@@ -418,21 +420,6 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             f"attention_mask has length {attention_mask.shape[1]} but the encoder returned {states.shape[1]} states, "
             "and the encoder has no rule to downsample the mask. Pass an attention_mask over the encoder's output."
         )
-
-    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
-        # Eager calls only: the check reads values back to the host, which a compiled graph must not.
-        if torch.compiler.is_compiling():
-            return
-        vocab_size = self.config.decoder.vocab_size
-        valid = ids[ids != -100] if name == "labels" else ids
-        if valid.numel() and (valid.min() < 0 or valid.max() >= vocab_size):
-            bad = valid[(valid < 0) | (valid >= vocab_size)][0].item()
-            raise ValueError(
-                f"{name} contains id {bad}, outside the decoder vocabulary [0, {vocab_size})"
-                + (" (only -100 may mark ignored positions)" if name == "labels" else "")
-                + ". If the tokenizer has more tokens than the decoder, call "
-                "`model.resize_token_embeddings(len(tokenizer))`."
-            )
 
     # -- one-call inference (splice/inference.py) ------------------------------------------------------------------
 
