@@ -16,8 +16,19 @@ from . import eval as evaluate
 COMMANDS = {"demo": demo, "train": train, "caption": caption, "eval": evaluate, "datastore": datastore}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run the command (`splice --help` lists them)."""
+def main(argv: list[str] | None = None, exit_on_error: bool | None = None) -> None:
+    r"""
+    Parse the command line and run the command (`splice --help` lists them).
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+        exit_on_error: print a bad value (`ConfigError`) as one line `splice CMD: error: ...` and exit 2, as argparse
+            does for a bad flag; `False` raises it. Defaults to `True` from the console (`argv` not given), else
+            `False` (callers of `main([...])` get the exception).
+    """
+    from ..training.config import ConfigError
+
+    exit_on_error = argv is None if exit_on_error is None else exit_on_error
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="splice", description="Splice any encoder onto any decoder.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,4 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         if name == chosen:
             module.add_arguments(command)
     args = parser.parse_args(argv)
-    COMMANDS[args.command].run(args)
+    try:
+        COMMANDS[args.command].run(args)
+    except ConfigError as error:
+        if not exit_on_error:
+            raise
+        print(f"splice {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,15 +1,67 @@
-"""Command-line inputs: image files, folders and globs expanded to paths."""
+"""Command-line inputs: image files, folders and globs expanded to paths; flag value checks shared by the commands."""
 
 from __future__ import annotations
 
+import argparse
 import glob
 from pathlib import Path
+from typing import Any
 
 from ..data.io import IMAGE_SUFFIXES
+from ..training.config import ConfigError, loading
+
+
+def at_least_one(value: str) -> int:
+    """argparse `type` of count flags (`--batch-size`, `--num-beams`, `--max-new-tokens`, `--n`): an integer ≥ 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {value!r}")
+    return number
+
+
+# What `SpliceProcessor.save_pretrained` writes: any one of each group (older transformers: preprocessor_config.json).
+PROCESSOR_FILES = (("processor_config.json", "preprocessor_config.json"), ("tokenizer_config.json", "tokenizer.json"))
+
+
+def load_model_and_processor(model_dir: str, auto_class: Any, with_processor: bool = True) -> tuple[Any, Any]:
+    r"""
+    The trained model in `model_dir` (or a hub id) and its `SpliceProcessor`; one-line errors for what is missing.
+
+    Raises:
+        `ConfigError`: no model there (naming the id and why), or no processor files (naming them and the fix).
+    """
+    from ..processing import SpliceProcessor
+
+    folder = Path(model_dir)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ConfigError(f"model={model_dir!r}: the folder has no config.json; pass the output_dir of `splice train`")
+    with loading("model", model_dir):
+        model = auto_class.from_pretrained(model_dir).eval()
+    if not with_processor:
+        return model, None
+    missing = [
+        " or ".join(group)
+        for group in PROCESSOR_FILES
+        if folder.is_dir() and not any((folder / n).is_file() for n in group)
+    ]
+    if missing:
+        raise ConfigError(
+            f"model={model_dir!r}: no processor saved with the model (missing {', '.join(missing)}); save it there "
+            f"with SpliceProcessor(image_processor, tokenizer).save_pretrained({model_dir!r})"
+        )
+    with loading("model", model_dir, "processor"):
+        return model, SpliceProcessor.from_pretrained(model_dir)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images) and globs, in order, without duplicates."""
+    """Files, folders (their images) and globs, in order, without duplicates.
+
+    Raises:
+        `ConfigError`: an input that matches nothing, or inputs that hold no image file at all.
+    """
     paths: list[Path] = []
     for item in inputs:
         matches = [Path(m) for m in sorted(glob.glob(item))] or [Path(item)]
@@ -19,5 +71,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             elif path.exists():
                 paths.append(path)
             else:
-                raise SystemExit(f"splice: no such file, folder or glob match: {item}")
+                raise ConfigError(f"no such file, folder or glob match: {item!r}")
+    if not paths:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ConfigError(
+            f"the inputs {' '.join(repr(i) for i in inputs)} hold no image file (looked for {suffixes}); pass image "
+            "files, folders of images or globs such as 'photos/*.jpg'"
+        )
     return list(dict.fromkeys(paths))

@@ -11,11 +11,13 @@ HELP = "caption images with a trained model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice caption`."""
+    from ._inputs import at_least_one
+
     parser.add_argument("model")
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--batch-size", type=at_least_one, default=16)
+    parser.add_argument("--num-beams", type=at_least_one, default=1)
+    parser.add_argument("--max-new-tokens", type=at_least_one, default=None, help="default: the model's own")
     parser.add_argument("--format", choices=("text", "jsonl"), default="text")
     parser.add_argument("--output", help="write here instead of standard output")
     parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
@@ -28,11 +30,11 @@ def run(args: argparse.Namespace) -> None:
     from transformers import AutoModelForImageTextToText
 
     from ..data.io import UNREADABLE_IMAGE_ERRORS, open_image
-    from ..processing import SpliceProcessor
-    from ._inputs import expand_inputs
+    from ..training.config import ConfigError
+    from ._inputs import expand_inputs, load_model_and_processor
 
-    model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
-    processor = SpliceProcessor.from_pretrained(args.model)
+    paths = expand_inputs(args.inputs)  # before loading the model: a mistyped input fails at once
+    model, processor = load_model_and_processor(args.model, AutoModelForImageTextToText)
     datastore = None
     if args.datastore:
         from ..retrieval import load_datastore_for
@@ -40,9 +42,10 @@ def run(args: argparse.Namespace) -> None:
         if not hasattr(model, "prompts"):
             raise SystemExit("splice caption: --datastore needs a retrieval-augmented (SmallCap) model.")
         datastore = load_datastore_for(args.datastore, model, processor.image_processor)
-    paths = expand_inputs(args.inputs)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    kwargs = {"num_beams": args.num_beams} | ({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
+    kwargs = {"num_beams": args.num_beams}
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
     skipped = 0
     for start in tqdm(range(0, len(paths), args.batch_size), desc="captioning", file=sys.stderr):
         batch, images = [], []
@@ -61,7 +64,9 @@ def run(args: argparse.Namespace) -> None:
         for path, caption in zip(batch, captions):
             line = json.dumps({"file": str(path), "caption": caption}) if args.format == "jsonl" else caption
             out.write((line if args.format == "jsonl" else f"{path}\t{caption}") + "\n")
-    if skipped:
-        print(f"skipped {skipped} unreadable images", file=sys.stderr)
     if args.output:
         out.close()
+    if skipped == len(paths):
+        raise ConfigError(f"none of the {len(paths)} input files could be read as an image: {' '.join(args.inputs)}")
+    if skipped:
+        print(f"skipped {skipped} unreadable images", file=sys.stderr)

@@ -69,7 +69,12 @@ def run_demo(task: str = "shapes", output_dir: str | None = None, quick: bool = 
     samples = load_records(config.data, task, 4, seed=config.seed + 2, image_size=config.image_size)
     captions = model.caption([s["image"] for s in samples])
     print(f"\nsplice demo ({task}): {seconds:.0f} s on this machine; model saved to {Path(config.output_dir)}")
-    print("held-out metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    counts = sorted({len(s.get("references") or [s["text"]]) for s in samples})  # generated alike: same counts
+    references = f"all {counts[-1]} references" if counts[-1] > 1 else "its 1 reference"
+    print(
+        f"held-out metrics ({config.n_eval} items, each scored against {references}; the per-epoch eval_*_1ref "
+        "metrics in the log score the one training target): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    )
     for caption, sample in zip(captions, samples):
         print(f"  generated: {caption!r:40} reference: {sample['text']!r}")
     return metrics | {"seconds": seconds, "output_dir": config.output_dir}

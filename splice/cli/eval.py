@@ -12,29 +12,31 @@ HELP = "print a trained model's metrics on a data source"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice eval`."""
     from ..training.config import TASKS
+    from ._inputs import at_least_one
 
     parser.add_argument("model")
     parser.add_argument("data", help="builtin:shapes, builtin:ocr, an image folder, a .json or .jsonl file")
     parser.add_argument("--task", choices=TASKS, default=None)
-    parser.add_argument("--n", type=int, default=200, help="scenes to generate for built-in data")
+    parser.add_argument("--n", type=at_least_one, default=200, help="scenes to generate for built-in data")
     parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=at_least_one, default=32)
 
 
 def run(args: argparse.Namespace) -> None:
     """Evaluate (SmallCap: with prompts from the datastore saved with the model, if any) and print the metrics."""
     from transformers import AutoModel, AutoTokenizer
 
-    from ..processing import SpliceProcessor
-    from ..training.config import TrainConfig
+    from ..training.config import TrainConfig, loading
     from ..training.pipeline import evaluate, infer_task, load_records
+    from ._inputs import load_model_and_processor
 
-    model = AutoModel.from_pretrained(args.model).eval()  # after `import splice`: the splice class of the checkpoint
-    task = infer_task(TrainConfig(data=args.data, task=args.task))
+    task = infer_task(TrainConfig(data=args.data, task=args.task, n_eval=args.n, seed=args.seed))  # checks the data
+    # After `import splice`, AutoModel gives the splice class of the checkpoint.
+    model, processor = load_model_and_processor(args.model, AutoModel, with_processor=task != "text")
     if task == "text":
-        tokenizer, image_processor = AutoTokenizer.from_pretrained(args.model), None
+        with loading("model", args.model, "tokenizer"):
+            tokenizer, image_processor = AutoTokenizer.from_pretrained(args.model), None
     else:
-        processor = SpliceProcessor.from_pretrained(args.model)
         tokenizer, image_processor = processor.tokenizer, processor.image_processor
     records = load_records(args.data, task, args.n, args.seed, None)
     datastore_dir = Path(args.model) / "datastore"

@@ -6,13 +6,23 @@ import argparse
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..training.config import TrainConfig
 
 HELP = "train with Seq2SeqTrainer (flags or --config YAML)"
 
 
 def _json_or_str(value: str) -> Any:
-    return json.loads(value) if value.lstrip()[:1] in ("{", "[") or value.isdigit() else value
+    if value.lstrip()[:1] not in ("{", "[") and not value.isdigit():
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not valid JSON ({error.msg} at character {error.pos})"
+        ) from None
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -60,11 +70,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, choices=choices.get(spec.name), help=help_text)
 
 
-def run(args: argparse.Namespace) -> None:
-    """Build the `TrainConfig` (YAML, then the flags given) and train."""
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of parsed flags: the `--config` YAML, then the flags given (validated in `TrainConfig`)."""
     from ..training.config import TrainConfig
-    from ..training.pipeline import train
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
-    config = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    r"""
+    The `TrainConfig` that `splice train ARGV...` would train, without training.
+
+    Raises:
+        `SystemExit(2)`: a flag argparse rejects (unknown, not a number, not a choice).
+        `ConfigError`: a value `TrainConfig` rejects.
+    """
+    parser = argparse.ArgumentParser(prog="splice train")
+    add_arguments(parser)
+    return build_config(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the `TrainConfig` (YAML, then the flags given) and train."""
+    from ..training.pipeline import train
+
+    config = build_config(args)
     print(json.dumps(train(config), indent=2))

@@ -1,11 +1,17 @@
 """`TrainConfig`: everything `splice train` needs; every field is also a command-line flag and a YAML key.
 
-Imports nothing heavy (no torch, no transformers), so the command line can build its flags cheaply.
+Imports nothing heavy (no torch, no transformers), so the command line can build its flags cheaply. Values from YAML
+and from flags are coerced and range-checked in one place, `TrainConfig.validate` (run on construction): a bad value
+is a `ConfigError` naming the field, the value, what is allowed and how to fix it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,158 @@ import yaml
 
 TASKS = ("caption", "ocr", "text")
 PRESETS = ("smallcap",)
+# Copies of `splice.conditioning.CONDITIONINGS` and `splice.training.freezing.FREEZE_POLICIES` (importing those
+# modules here would load torch for `splice --help`); tests/test_config_validation.py checks they stay equal.
+CONDITIONINGS = ("native", "injected", "prefix", "auto")
+FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
+BUILTIN_DATA = ("shapes", "ocr")
+MIN_IMAGE_SIDE = 8
+
+
+class ConfigError(ValueError):
+    """A `TrainConfig` field (or a command-line flag) has a value outside what it accepts; the message says the fix."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _error(name: str, value: Any, allowed: str, example: Any) -> ConfigError:
+    flag = f"{_flag(name)} {example}" + (f" or {_flag(name)} '[160, 32]'" if name == "image_size" else "")
+    return ConfigError(f"{name}={value!r}: {allowed}; pass e.g. {flag} (YAML: `{name}: {example}`).")
+
+
+# Numeric fields: (kind, lower bound, lower bound included, upper bound or None, optional, example).
+_NUMBERS: dict[str, tuple[type, float, bool, float | None, bool, Any]] = {
+    "epochs": (float, 0, False, None, False, 3),
+    "batch_size": (int, 1, True, None, False, 32),
+    "learning_rate": (float, 0, False, None, False, "5e-4"),
+    "weight_decay": (float, 0, True, None, False, 0.01),
+    "warmup_ratio": (float, 0, True, 1, False, 0.05),
+    "n_train": (int, 1, True, None, False, 2000),
+    "n_eval": (int, 1, True, None, False, 200),
+    "max_new_tokens": (int, 1, True, None, True, 32),
+    "num_beams": (int, 1, True, None, False, 4),
+    "lora_rank": (int, 0, True, None, False, 8),
+    "seed": (int, 0, True, 2**32, False, 0),
+    "logging_steps": (int, 1, True, None, False, 25),
+    "save_total_limit": (int, 1, True, None, False, 2),
+    "retrieval_k": (int, 0, True, None, False, 4),
+}
+_CHOICES: dict[str, tuple[tuple[str, ...], bool]] = {  # field: (choices, None allowed)
+    "conditioning": (CONDITIONINGS, False),
+    "freeze": (FREEZE_POLICIES, True),
+    "task": (TASKS, True),
+    "preset": (PRESETS, True),
+}
+_BOOLS = ("feature_cache", "resume")
+_STRINGS = ("data", "output_dir")
+_OPTIONAL_STRINGS = ("eval_data", "tokenizer", "datastore", "retrieval_embedder")
+_MAPPINGS = ("model_kwargs", "data_options")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _range_text(kind: type, low: float, closed: bool, high: float | None) -> str:
+    what = "an integer" if kind is int else "a number"
+    bound = f"{'≥' if closed else '>'} {_number_text(low)}"
+    return f"must be {what} {bound}" + (f" and < {_number_text(high)}" if high is not None else "")
+
+
+def _number_text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def coerce_number(name: str, value: Any) -> int | float | None:
+    """`value` as the field's kind (numbers given as strings parsed: `"1e-3"` → 0.001), range-checked."""
+    kind, low, closed, high, optional, example = _NUMBERS[name]
+    allowed = _range_text(kind, low, closed, high) + (" (or not set)" if optional else "")
+    if value is None and optional:
+        return None
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _error(name, value, allowed, example) from None
+    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+        raise _error(name, value, allowed, example)
+    if kind is int:
+        if not float(number).is_integer():
+            raise _error(name, value, allowed + ", not a fraction", example)
+        number = int(number)
+    else:
+        number = float(number)
+    if number < low or (number == low and not closed) or (high is not None and number >= high):
+        raise _error(name, value, allowed, example)
+    return number
+
+
+def coerce_image_size(value: Any) -> int | list[int] | None:
+    """`None`, a square side (`int` ≥ 8, or its digits) or `[width, height]` (each ≥ 8)."""
+    allowed = f"must be an integer ≥ {MIN_IMAGE_SIDE} (a square side) or [width, height] of such integers"
+
+    def side(item: Any) -> int:
+        if isinstance(item, str) and item.strip().isdigit():
+            item = int(item.strip())
+        if isinstance(item, bool) or not isinstance(item, int) or item < MIN_IMAGE_SIDE:
+            raise _error("image_size", value, allowed, 64)
+        return item
+
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise _error("image_size", value, allowed + f" (got {len(value)} numbers, not 2)", 64)
+        return [side(item) for item in value]
+    return side(value)
+
+
+def data_task(source: str) -> str:
+    """The task a data source implies: `"ocr"` for `builtin:ocr`, `"text"` for `.jsonl` pairs, else `"caption"`."""
+    if source == "builtin:ocr":
+        return "ocr"
+    return "text" if source.endswith(".jsonl") else "caption"
+
+
+def _check_data(name: str, source: str) -> None:
+    if source.startswith("builtin:"):
+        if source.split(":", 1)[1] not in BUILTIN_DATA:
+            raise ConfigError(
+                f"{name}={source!r}: unknown built-in data; the built-in data sets are "
+                f"{', '.join('builtin:' + b for b in BUILTIN_DATA)}."
+            )
+        return
+    path = Path(source)
+    if not path.is_dir() and path.suffix not in (".json", ".jsonl"):
+        raise ConfigError(
+            f"{name}={source!r} is not a data source: use builtin:shapes, builtin:ocr, an image folder with "
+            "metadata.jsonl or metadata.csv, a COCO/Karpathy .json file, or a .jsonl file of source/target pairs."
+        )
+    if not path.exists():
+        raise ConfigError(f"{name}={source!r}: no such file or folder; check the path ({_flag(name)}).")
+
+
+def load_failure(name: str, spec: Any, error: BaseException, what: str = "model") -> str:
+    """One line saying why `spec` (the value of field or flag `name`) could not be loaded, and what to do."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(spec, str) and Path(spec).is_dir():
+        return f"{name}={spec!r}: the folder has no loadable {what} ({first})"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or "connect" in first.lower():
+        return (
+            f"{name}={spec!r}: {what} not found locally and the hub is unreachable (HF_HUB_OFFLINE=1?); download it "
+            f"once online, or pass a local directory (or, for --encoder/--decoder, a config dict with model_type)"
+        )
+    return f"{name}={spec!r}: cannot load the {what}: {first}"
+
+
+@contextmanager
+def loading(name: str, spec: Any, what: str = "model") -> Iterator[None]:
+    """Turn an `OSError` from `from_pretrained(spec)` into a one-line `ConfigError` naming `name` and `spec`."""
+    try:
+        yield
+    except OSError as error:
+        raise ConfigError(load_failure(name, spec, error, what)) from error
 
 
 @dataclass
@@ -78,12 +236,98 @@ class TrainConfig:
     retrieval_embedder: str | None = None
     retrieval_k: int = 4
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        r"""
+        Coerce every field to its type (numbers given as strings parsed) and check its range, in place.
+
+        Raises:
+            `ConfigError`: naming the first bad field, its value, what is allowed and how to fix it.
+        """
+        for name in _NUMBERS:
+            setattr(self, name, coerce_number(name, getattr(self, name)))
+        self.image_size = coerce_image_size(self.image_size)
+        for name, (choices, optional) in _CHOICES.items():
+            value = getattr(self, name)
+            if not (value is None and optional) and value not in choices:
+                raise ConfigError(
+                    f"{name}={value!r}: must be one of {', '.join(choices)}"
+                    f"{' (or not set)' if optional else ''}; pass e.g. {_flag(name)} {choices[0]}."
+                )
+        for name in _BOOLS:
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                value = value.strip().lower() in _TRUE
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"{name}={value!r}: must be true or false; pass {_flag(name)} or --no-{_flag(name)[2:]}."
+                )
+            setattr(self, name, value)
+        for name in _STRINGS + _OPTIONAL_STRINGS:
+            value = getattr(self, name)
+            if not (value is None and name in _OPTIONAL_STRINGS) and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(
+                    f"{name}={value!r}: must be a non-empty string (a path or name); check {_flag(name)}."
+                )
+        for name in _MAPPINGS:
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+                raise ConfigError(
+                    f"{name}={value!r}: must be a mapping of names to values; pass e.g. {_flag(name)} "
+                    '\'{"domain": "b"}\' (YAML: a nested mapping).'
+                )
+            setattr(self, name, dict(value))
+        for name in ("encoder", "decoder"):
+            value = getattr(self, name)
+            fix = f"pass a checkpoint (hub id or directory) or a config dict with model_type, e.g. {_flag(name)} "
+            fix += '\'{"model_type": "vit"}\'' if name == "encoder" else '\'{"model_type": "gpt2"}\''
+            if isinstance(value, Mapping):
+                if not isinstance(value.get("model_type"), str):
+                    raise ConfigError(f"{name}={dict(value)!r}: a config dict needs a string model_type; {fix}.")
+                setattr(self, name, dict(value))
+            elif not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name}={value!r}: must be a checkpoint or a config dict; {fix}.")
+        _check_data("data", self.data)
+        implied = data_task(self.data)
+        if self.eval_data is not None:
+            _check_data("eval_data", self.eval_data)
+            if (data_task(self.eval_data) == "text") != (implied == "text"):
+                kinds = ("text pairs", "images") if implied == "text" else ("images", "text pairs")
+                raise ConfigError(
+                    f"eval_data={self.eval_data!r} holds {kinds[1]} but data={self.data!r} holds {kinds[0]}; "
+                    "evaluate on data of the same kind as the training data."
+                )
+        if self.task is not None and (self.task == "text") != (implied == "text"):
+            holds = "text pairs" if implied == "text" else "images"
+            raise ConfigError(
+                f"task={self.task!r} does not fit data={self.data!r}: that data holds {holds}, which implies "
+                f"task={implied!r}; pass --task {implied} or drop --task (it is inferred from the data)."
+            )
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a YAML file of fields; `overrides` (e.g. from command-line flags) win."""
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f)
+        except OSError as error:
+            raise ConfigError(f"--config {str(path)!r}: cannot read it ({error.strerror or error}).") from None
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{line}: {problem}.") from None
+        values = {} if values is None else values
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"{path}: the top level is a {type(values).__name__} ({values!r:.60}), not a mapping of TrainConfig "
+                "fields; write one `field: value` per line, e.g. `epochs: 3`."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = {str(key) for key in values if key not in names}
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; see `splice train --help`.")
-        return cls(**(values | overrides))
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see `splice train --help`.")
+        return cls(**(dict(values) | overrides))

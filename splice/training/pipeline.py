@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from ..inference import generate_for_records
 from ..models import EncoderDecoderModel, SmallCapModel, SpliceModel, VisionEncoderDecoderModel
 from ..processing import SpliceProcessor
 from ..retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
-from .config import PRESETS, TASKS, TrainConfig
+from .config import PRESETS, TASKS, ConfigError, TrainConfig, data_task, loading
 from .feature_cache import FeatureCache, cached_batch, content_key
 from .freezing import apply_freeze_policy, trainable_counts
 from .lora import apply_lora
@@ -70,34 +71,36 @@ def load_records(
 
 
 def infer_task(config: TrainConfig) -> str:
+    """`config.task`, else the task the data implies (`TrainConfig` checks that a given task fits the data)."""
     if config.task is not None:
         if config.task not in TASKS:
-            raise ValueError(f"task={config.task!r} is not one of {TASKS}.")
+            raise ConfigError(f"task={config.task!r} is not one of {TASKS}.")
         return config.task
-    if config.data == "builtin:ocr":
-        return "ocr"
-    return "text" if config.data.endswith(".jsonl") else "caption"
+    return data_task(config.data)
 
 
 def build_tokenizer(config: TrainConfig, records: list[dict], task: str):
     """The tokenizer given, else the decoder checkpoint's, else one trained on the training targets."""
     if config.tokenizer is not None:
-        return AutoTokenizer.from_pretrained(config.tokenizer)
+        with loading("tokenizer", config.tokenizer, "tokenizer"):
+            return AutoTokenizer.from_pretrained(config.tokenizer)
     if isinstance(config.decoder, str):
-        return AutoTokenizer.from_pretrained(config.decoder)
+        with loading("decoder", config.decoder, "tokenizer"):
+            return AutoTokenizer.from_pretrained(config.decoder)
     return train_tokenizer([r["text"] for r in records], kind="char" if task == "ocr" else "word")
 
 
-def _part(spec: str | dict, auto_class: Any, **config_overrides: Any):
+def _part(spec: str | dict, auto_class: Any, name: str = "encoder", **config_overrides: Any):
     """A model from a checkpoint, or from random weights when `spec` is a config dict with `model_type`."""
     if isinstance(spec, dict):
         values = dict(spec)
         model_config = AutoConfig.for_model(values.pop("model_type"), **(values | config_overrides))
         return auto_class.from_config(model_config)
-    model_config = AutoConfig.from_pretrained(spec)
-    for key, value in config_overrides.items():
-        setattr(model_config, key, value)
-    return auto_class.from_pretrained(spec, config=model_config)
+    with loading(name, spec):
+        model_config = AutoConfig.from_pretrained(spec)
+        for key, value in config_overrides.items():
+            setattr(model_config, key, value)
+        return auto_class.from_pretrained(spec, config=model_config)
 
 
 def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
@@ -115,11 +118,12 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
             decoder_overrides[name] = getattr(tokenizer, name)
         decoder_config = AutoConfig.for_model(config.decoder["model_type"])
     else:
-        decoder_config = AutoConfig.from_pretrained(config.decoder)
+        with loading("decoder", config.decoder):
+            decoder_config = AutoConfig.from_pretrained(config.decoder)
     if resolve_conditioning(config.conditioning, decoder_config) == "native":
         decoder_overrides |= {"is_decoder": True, "add_cross_attention": True}
-    encoder = _part(config.encoder, AutoModel)
-    decoder = _part(config.decoder, AutoModelForCausalLM, **decoder_overrides)
+    encoder = _part(config.encoder, AutoModel, "encoder")
+    decoder = _part(config.decoder, AutoModelForCausalLM, "decoder", **decoder_overrides)
     extra = {"retrieval_k": config.retrieval_k} if config.preset == "smallcap" else {}
     model = model_class.from_encoder_decoder_pretrained(
         encoder_model=encoder, decoder_model=decoder, conditioning=config.conditioning, **extra, **config.model_kwargs
@@ -132,7 +136,8 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
 
 def build_image_processor(config: TrainConfig, model: SpliceModel):
     if isinstance(config.encoder, str):
-        return AutoImageProcessor.from_pretrained(config.encoder)
+        with loading("encoder", config.encoder, "image processor"):
+            return AutoImageProcessor.from_pretrained(config.encoder)
     from transformers import ViTImageProcessor  # imported here: accessing it logs a note when torchvision is absent
 
     size = getattr(model.config.encoder, "image_size", 224)
@@ -156,6 +161,8 @@ def train(config: TrainConfig) -> dict[str, float]:
     task = infer_task(config)
     records = load_records(config.data, task, config.n_train, config.seed, config.image_size, config.data_options)
     eval_source = config.eval_data or config.data
+    if config.eval_data is None:
+        warn_eval_data(config)
     eval_records = load_records(
         eval_source, task, config.n_eval, config.seed + 1, config.image_size, config.data_options
     )
@@ -210,7 +217,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         train_dataset=records,
         eval_dataset=eval_records,
         data_collator=collator,
-        compute_metrics=build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption"),
+        compute_metrics=_one_reference(build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption")),
     )
     resume = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
     if config.resume and resume is None:
@@ -221,6 +228,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     trainer.train(resume_from_checkpoint=resume)
     metrics = evaluate(model, eval_records, tokenizer, image_processor, task, config.batch_size)
     if trainer.is_world_process_zero():
+        print(f"final held-out metrics, {references_label(eval_records)}: {metrics}", file=sys.stderr)
         model.save_pretrained(config.output_dir)
         processor.save_pretrained(config.output_dir)
         if prompted and config.retrieval_k:
@@ -228,6 +236,37 @@ def train(config: TrainConfig) -> dict[str, float]:
         with open(Path(config.output_dir) / "eval_metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics | {"trainable_parameters": counts["trainable"]}, f, indent=2)
     return metrics
+
+
+def warn_eval_data(config: TrainConfig) -> None:
+    """Without `eval_data`: say once what the held-out metrics are scored on."""
+    if config.data.startswith("builtin:"):
+        logger.warning(
+            f"eval_data not set: scoring held-out samples generated with another seed (seed {config.seed + 1}, "
+            f"n_eval={config.n_eval}) from {config.data}."
+        )
+    else:
+        logger.warning(
+            f"eval_data not set: eval data = training data ({config.data}): these metrics are not held-out; pass "
+            "--eval-data for a held-out score."
+        )
+
+
+def references_label(records: list[dict]) -> str:
+    """How many references each item is scored against, e.g. `"all 5 references per item, 200 items"`."""
+    counts = sorted({len(r.get("references") or [r["text"]]) for r in records})
+    per_item = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    plural = "reference" if counts == [1] else "references"
+    return f"all {per_item} {plural} per item, {len(records)} items"
+
+
+def _one_reference(compute_metrics: Any) -> Any:
+    """Per-epoch metrics score the single training target of each item: their names say so (`bleu4_1ref`)."""
+
+    def labelled(eval_prediction: Any) -> dict[str, float]:
+        return {f"{key}_1ref": value for key, value in compute_metrics(eval_prediction).items()}
+
+    return labelled
 
 
 def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], config: TrainConfig) -> None:
@@ -249,7 +288,9 @@ def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], 
         captions = [c for r in records for c in r.get("references") or [r["text"]]]
         caption_groups = [g for r, g in zip(records, groups) for _ in r.get("references") or [r["text"]]]
         if config.retrieval_embedder is not None:
-            datastore = Datastore.build(captions, Embedder.from_pretrained(config.retrieval_embedder), caption_groups)
+            with loading("retrieval_embedder", config.retrieval_embedder):
+                embedder = Embedder.from_pretrained(config.retrieval_embedder)
+            datastore = Datastore.build(captions, embedder, caption_groups)
         else:
             images = [r["image"] for r in records for _ in r.get("references") or [r["text"]]]
             embedder = frozen_encoder_embedder(model.encoder, build_image_processor(config, model))
