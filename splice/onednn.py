@@ -57,7 +57,9 @@ class OneDNNLinear(nn.Linear):
         if (
             x.dim() < 2
             or x.shape[-2] != 1  # a decoding step feeds one new position per row
-            or x.dtype != self.weight.dtype
+            or x.dtype != torch.float32
+            or self.weight.dtype != torch.float32
+            or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             or torch.is_autocast_enabled("cpu")
             or torch.compiler.is_compiling()
@@ -69,12 +71,11 @@ class OneDNNLinear(nn.Linear):
 
 def _eligible(module: nn.Module) -> bool:
     # The exact type only: subclasses (quantized linears, adapters) have their own forward. Modules with hooks are left
-    # alone, since the hooks may move or swap weights (accelerate's offloading does).
+    # alone, since the hooks may move or swap weights (accelerate's offloading does). Device and dtype are checked at
+    # each call instead: `from_pretrained` builds on the meta device, and a model may move to a GPU or to bf16 later.
     if type(module) is not nn.Linear:
         return False
-    if module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"):
-        return False
-    return module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
+    return not (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
 
 
 def use_onednn_lm_head(model: nn.Module) -> bool:
@@ -85,7 +86,7 @@ def use_onednn_lm_head(model: nn.Module) -> bool:
 
     Returns:
         `bool`: whether the head was wrapped (not on non-x86 CPUs, builds without oneDNN, or heads that are not a plain
-        float32 CPU `nn.Linear`).
+        `nn.Linear`; a wrapped head on a GPU or in another dtype runs `F.linear`).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or isinstance(head, OneDNNLinear) or not onednn_available() or not _eligible(head):

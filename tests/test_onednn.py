@@ -73,11 +73,22 @@ def test_heads_it_cannot_run_exactly_are_left_alone():
     handle = head.register_forward_pre_hook(lambda module, args: None)  # hooks may move weights (accelerate)
     assert not use_onednn_lm_head(decoder) and decoder.lm_head is head
     handle.remove()
-    decoder.to(torch.bfloat16)
-    assert not use_onednn_lm_head(decoder) and decoder.lm_head is head
-    decoder.to(torch.float32)
     assert use_onednn_lm_head(decoder) and decoder.lm_head.weight is head.weight
     assert not use_onednn_lm_head(decoder)  # once only
+
+
+@needs_onednn
+def test_a_loaded_model_gets_the_head_and_other_dtypes_run_f_linear(tmp_path, monkeypatch):
+    spliced(gpt2_config()).save_pretrained(tmp_path)
+    model = splice.VisionEncoderDecoderModel.from_pretrained(tmp_path)  # built on the meta device, then loaded
+    assert isinstance(model.decoder.lm_head, OneDNNLinear)
+    assert model.decoder.lm_head.weight is model.decoder.transformer.wte.weight
+    calls = []
+    monkeypatch.setattr(onednn, "_linear_pointwise", lambda *args: calls.append(1) or F.linear(*args[:3]))
+    model.to(torch.bfloat16)
+    with torch.no_grad():
+        model.decoder.lm_head(torch.randn(2, 1, model.config.decoder.n_embd, dtype=torch.bfloat16))
+    assert calls == []  # bf16 is F.linear's
 
 
 @needs_onednn
