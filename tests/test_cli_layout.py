@@ -70,3 +70,11 @@ def test_old_freezing_path_re_exports():
 
     assert splice.freezing.apply_freeze_policy is splice.training.freezing.apply_freeze_policy
     assert splice.freezing.load_adapter is splice.training.adapters.load_adapter
+
+
+def test_the_console_overview_loads_neither_torch_nor_splice():
+    code = "import sys, splice_cli\ntry: splice_cli.main(['--help'])\nexcept SystemExit: pass\n"
+    code += "print(sorted(m for m in ('torch', 'transformers', 'splice') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "caption images with a trained model" in loaded.stdout  # the overview was printed
+    assert loaded.stdout.strip().endswith("[]")

@@ -6,13 +6,14 @@ its flags and imports what it runs, so `splice --help` loads neither torch nor t
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from splice_cli import overview
 
 from . import caption, datastore, demo, train
 from . import eval as evaluate
 
-# Each module has `HELP`, `add_arguments(parser)` and `run(args)`.
+# Each module has `add_arguments(parser)` and `run(args)`; the one-line helps are `splice_cli.COMMANDS`.
 COMMANDS = {"demo": demo, "train": train, "caption": caption, "eval": evaluate, "datastore": datastore}
 
 
@@ -30,14 +31,12 @@ def main(argv: list[str] | None = None, exit_on_error: bool | None = None) -> No
 
     exit_on_error = argv is None if exit_on_error is None else exit_on_error
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="splice", description="Splice any encoder onto any decoder.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser, commands = overview()
     # The command is the first word; only its flags are built (building the others would import their choices).
     chosen = next((word for word in argv if not word.startswith("-")), None)
-    for name, module in COMMANDS.items():
-        command = commands.add_parser(name, help=module.HELP)
-        if name == chosen:
-            module.add_arguments(command)
+    if chosen in COMMANDS:
+        commands[chosen].add_argument("-h", "--help", action="help", help="show this help message and exit")
+        COMMANDS[chosen].add_arguments(commands[chosen])
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command].run(args)

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-HELP = "caption images with a trained model"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice caption`."""

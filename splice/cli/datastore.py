@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HELP = "build or query a caption datastore for retrieval"
+from splice_cli import COMMANDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_datastore_parser(subparsers: Any) -> None:
     Args:
         subparsers: what `parser.add_subparsers()` returns.
     """
-    add_arguments(subparsers.add_parser("datastore", help=HELP))
+    add_arguments(subparsers.add_parser("datastore", help=COMMANDS["datastore"]))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "print a trained model's metrics on a data source"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice eval`."""

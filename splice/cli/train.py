@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..training.config import TrainConfig
 
-HELP = "train with Seq2SeqTrainer (flags or --config YAML)"
-
 
 def _json_or_str(value: str) -> Any:
     if value.lstrip()[:1] not in ("{", "[") and not value.isdigit():
