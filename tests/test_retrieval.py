@@ -271,3 +271,24 @@ def test_cli_build_and_query(clip_dir, tmp_path, capsys):
             ["datastore", "build", "--captions", str(tmp_path / "captions.txt"), "--keys", "image"]
             + ["--embedder", str(clip_dir), "--output", str(tmp_path / "bad")]
         )
+
+
+def test_cli_query_skips_and_names_unreadable_images_and_refuses_a_non_clip_embedder(clip_dir, tmp_path, capsys):
+    (tmp_path / "captions.txt").write_text("\n".join(CORPUS) + "\n")
+    store = str(tmp_path / "store")
+    _cli(["datastore", "build", "--captions", str(tmp_path / "captions.txt"), "--embedder", str(clip_dir)]
+         + ["--output", store])  # fmt: skip
+    solid("red").save(tmp_path / "red.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    capsys.readouterr()
+    _cli(["datastore", "query", store, str(tmp_path / "*.png"), "--k", "1"])
+    out = capsys.readouterr()
+    assert [json.loads(line)["file"] for line in out.out.splitlines()] == [str(tmp_path / "red.png")]
+    assert "skipped 1 unreadable image(s): " + str(tmp_path / "broken.png") in out.err
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8)).save_pretrained(tmp_path / "bert")  # fmt: skip
+    with pytest.raises(ValueError, match=r"loads as BertModel, which has no `get_text_features`.*CLIP-style"):
+        _cli(["datastore", "build", "--captions", str(tmp_path / "captions.txt"), "--embedder",
+              str(tmp_path / "bert"), "--output", str(tmp_path / "bad")])  # fmt: skip

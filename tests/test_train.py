@@ -85,7 +85,8 @@ def test_caption_and_eval_commands(tmp_path, capsys):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [os.path.basename(line["file"]) for line in lines] == ["a.png", "b.jpg"]
     assert all(isinstance(line["caption"], str) for line in lines)
-    assert "skipped 1 unreadable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable" in err and "broken.png" in err  # skipped files are named
     main(["caption", str(tmp_path / "model"), str(images / "*.png")])
     assert capsys.readouterr().out.startswith(str(images / "a.png") + "\t")
     main(["eval", str(tmp_path / "model"), "builtin:shapes", "--n", "4"])

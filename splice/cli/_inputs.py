@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,26 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             "files, folders of images or globs such as 'photos/*.jpg'"
         )
     return list(dict.fromkeys(paths))
+
+
+def readable_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The paths that open as images, and `(path, reason)` for those that do not (skipped, never fatal alone)."""
+    from ..data.io import UNREADABLE_IMAGE_ERRORS, open_image
+
+    readable, skipped = [], []
+    for path in paths:
+        try:
+            open_image(path)
+            readable.append(path)
+        except UNREADABLE_IMAGE_ERRORS as error:
+            skipped.append((path, str(error).splitlines()[0][:200]))
+    if paths and not readable:
+        raise ConfigError(f"none of the {len(paths)} input files could be read as an image (first: {skipped[0][1]})")
+    return readable, skipped
+
+
+def report_skipped(skipped: list[tuple[Path, str]], shown: int = 5) -> None:
+    """One stderr line: how many unreadable images were skipped, naming the first few."""
+    if skipped:
+        names = ", ".join(str(path) for path, _ in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+        print(f"skipped {len(skipped)} unreadable image(s): {names}", file=sys.stderr)

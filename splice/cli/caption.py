@@ -27,11 +27,10 @@ def run(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText
 
-    from ..data.io import UNREADABLE_IMAGE_ERRORS, open_image
-    from ..training.config import ConfigError
-    from ._inputs import expand_inputs, load_model_and_processor
+    from ..data.io import open_image
+    from ._inputs import expand_inputs, load_model_and_processor, readable_images, report_skipped
 
-    paths = expand_inputs(args.inputs)  # before loading the model: a mistyped input fails at once
+    paths, skipped = readable_images(expand_inputs(args.inputs))  # before loading the model: bad inputs fail at once
     model, processor = load_model_and_processor(args.model, AutoModelForImageTextToText)
     datastore = None
     if args.datastore:
@@ -44,17 +43,9 @@ def run(args: argparse.Namespace) -> None:
     kwargs = {"num_beams": args.num_beams}
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    skipped = 0
     for start in tqdm(range(0, len(paths), args.batch_size), desc="captioning", file=sys.stderr):
-        batch, images = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                images.append(open_image(path))
-                batch.append(path)
-            except UNREADABLE_IMAGE_ERRORS:
-                skipped += 1
-        if not images:
-            continue
+        batch = paths[start : start + args.batch_size]
+        images = [open_image(path) for path in batch]
         if datastore is not None:  # retrieval prompts from this datastore (swap it to change domain, no retraining)
             kwargs["retrieved_captions"] = datastore.retrieve_for_images(images, k=model.config.retrieval_k)
         with torch.no_grad():
@@ -64,7 +55,4 @@ def run(args: argparse.Namespace) -> None:
             out.write((line if args.format == "jsonl" else f"{path}\t{caption}") + "\n")
     if args.output:
         out.close()
-    if skipped == len(paths):
-        raise ConfigError(f"none of the {len(paths)} input files could be read as an image: {' '.join(args.inputs)}")
-    if skipped:
-        print(f"skipped {skipped} unreadable images", file=sys.stderr)
+    report_skipped(skipped)

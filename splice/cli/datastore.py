@@ -96,7 +96,7 @@ def datastore_build_command(args: argparse.Namespace) -> None:
 def datastore_query_command(args: argparse.Namespace) -> None:
     r"""`splice datastore query`: print one JSON line `{"file", "captions"}` per image."""
     from ..retrieval import FROZEN_ENCODER_EMBEDDER, Datastore, Embedder, read_datastore_meta
-    from ._inputs import expand_inputs
+    from ._inputs import expand_inputs, readable_images, report_skipped
 
     name = args.embedder or read_datastore_meta(args.datastore)["embedder"].get("name_or_path")
     if name == FROZEN_ENCODER_EMBEDDER:
@@ -105,6 +105,7 @@ def datastore_query_command(args: argparse.Namespace) -> None:
             "`splice caption MODEL IMAGES --datastore DIR`, or build one with a CLIP checkpoint (--embedder)."
         )
     datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name))
-    paths = expand_inputs(args.images)
+    paths, skipped = readable_images(expand_inputs(args.images))
     for path, captions in zip(paths, datastore.retrieve_for_images(paths, args.k, batch_size=args.batch_size)):
         sys.stdout.write(json.dumps({"file": str(path), "captions": captions}) + "\n")
+    report_skipped(skipped)

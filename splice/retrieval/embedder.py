@@ -86,6 +86,11 @@ class Embedder:
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModel.from_pretrained(name_or_path).to(device).eval()
+        if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+            raise ValueError(
+                f"The embedder {name_or_path!r} loads as {type(model).__name__}, which has no `get_text_features` / "
+                "`get_image_features`: a datastore needs a CLIP-style dual encoder (CLIPModel, SiglipModel, ...)."
+            )
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         image_processor = AutoImageProcessor.from_pretrained(name_or_path)
         max_length = min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
