@@ -78,3 +78,17 @@ def test_the_console_overview_loads_neither_torch_nor_splice():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "caption images with a trained model" in loaded.stdout  # the overview was printed
     assert loaded.stdout.strip().endswith("[]")
+
+
+def test_the_from_scratch_example_in_train_help_holds_valid_configs():
+    import json
+    import re
+
+    from transformers import AutoConfig
+
+    from splice.cli.train import EXAMPLES
+
+    configs = [json.loads(text) for text in re.findall(r"'(\{.*?\})'", EXAMPLES, re.S)]
+    assert [c["model_type"] for c in configs] == ["vit", "gpt2"]
+    for config in configs:
+        AutoConfig.for_model(**config)

@@ -42,6 +42,19 @@ def _default(spec: dataclasses.Field) -> Any:
     return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
+EXAMPLES = """examples:
+  # from scratch, offline: JSON configs for both parts, built-in generated data
+  splice train --encoder '{"model_type": "vit", "hidden_size": 128, "num_hidden_layers": 4,
+                           "num_attention_heads": 4, "intermediate_size": 256, "image_size": 64, "patch_size": 8}' \\
+               --decoder '{"model_type": "gpt2", "n_embd": 128, "n_layer": 3, "n_head": 4}' \\
+               --data builtin:shapes --n-train 2000 --epochs 5 --output-dir runs/shapes
+  # pretrained parts from local directories (HF_HUB_OFFLINE=1: nothing is fetched)
+  HF_HUB_OFFLINE=1 splice train --encoder ./vit-dir --decoder ./gpt2-dir --data ./imagefolder --freeze encoder
+  # the same fields from a YAML file; flags override it; continue an interrupted run exactly
+  splice train --config train.yaml --resume
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config` and one flag per `TrainConfig` field, each with its description, default and choices."""
     from ..conditioning import CONDITIONINGS
@@ -49,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..training.freezing import FREEZE_POLICIES
 
     choices = {"conditioning": CONDITIONINGS, "freeze": FREEZE_POLICIES, "task": TASKS, "preset": PRESETS}
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
     docs = field_docs(TrainConfig)
     parser.add_argument("--config", help="YAML file of TrainConfig fields; flags given here override it")
     for spec in dataclasses.fields(TrainConfig):
