@@ -64,27 +64,29 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, 
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "interrupted")
     initial = final_weights(tmp_path / "interrupted" / "checkpoint-2")
     assert max_difference(straight, initial) > 1e-4  # the second epoch changed the weights: the check can fail
+    print(f"resume [{policy}]: max |uninterrupted - resumed| = {max_difference(straight, resumed):.3g}")
     assert max_difference(straight, resumed) <= 1e-6
 
 
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
-    flags = [*BASE, "--n-train", "96", "--epochs", "3", "--freeze", "none"]
+    flags = [*BASE, "--n-train", "64", "--epochs", "2", "--freeze", "none"]
     main([*flags, "--output-dir", str(tmp_path / "straight")])
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "splice.cli", *flags, "--output-dir", str(out)]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while not (out / "checkpoint-12" / LIVE_WEIGHTS).is_file():
+    while not (out / "checkpoint-8" / LIVE_WEIGHTS).is_file():
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)  # in the second epoch, or still finishing the first checkpoint
     process.wait()
     assert not (out / "model.safetensors").exists()  # it really died before the end
-    assert not (out / "checkpoint-24").exists()
+    assert not (out / "checkpoint-16").exists()
     main([*flags, "--output-dir", str(out), "--resume"])
-    assert max_difference(final_weights(tmp_path / "straight"), final_weights(out)) <= 1e-6
+    difference = max_difference(final_weights(tmp_path / "straight"), final_weights(out))
+    print(f"resume [SIGKILL, freeze none]: max |uninterrupted - resumed| = {difference:.3g}")
+    assert difference <= 1e-6
 
 
 def test_resume_with_a_mismatched_model_or_no_checkpoint_is_an_error(tmp_path):
