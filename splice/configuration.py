@@ -56,6 +56,12 @@ class SpliceConfig(PreTrainedConfig):
             the model's `generation_config`.
         tie_encoder_decoder (`bool`, *optional*, defaults to `False`):
             Share the encoder's weights with the decoder's (same architecture only, e.g. bert2bert).
+        ctc_weight (`float`, *optional*, defaults to 0.0):
+            Joint CTC–attention training (see `splice.models.ctc`): with a weight `w > 0`, a linear CTC head on the
+            encoder's token states adds its loss, `loss = (1 - w) * attention + w * CTC`, for character-level targets
+            with encoder tokens ordered along the sequence. Generation is unchanged; 0 builds no head.
+        ctc_blank_token_id (`int`, *optional*):
+            The CTC blank's id in the decoder vocabulary; defaults to `pad_token_id`.
     """
 
     model_type: ClassVar[str] = "splice"
@@ -83,6 +89,8 @@ class SpliceConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     tie_encoder_decoder: bool = False
     tie_word_embeddings: bool = False
+    ctc_weight: float = 0.0
+    ctc_blank_token_id: int | None = None
 
     # `model_type`s whose cross-attention "auto" uses; `None`: every decoder that has some (SmallCap: GPT-2 only).
     native_families: ClassVar[Collection[str] | None] = None
@@ -94,6 +102,8 @@ class SpliceConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight={self.ctc_weight!r} must be within [0, 1] (0: no CTC head).")
         # Resolved once and saved, so loading a checkpoint never depends on guessing again.
         self.conditioning = self.resolve_auto(self.conditioning, self.decoder)
         if self.conditioning == "native":

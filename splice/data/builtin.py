@@ -158,7 +158,10 @@ def make_dataset(
             domain's; colours from `COLOURS`), `max_shapes` (1 or 2, defaults to 2), `vary_wording` (defaults to
             `True`: the caption is one of the references at random; `False`: always the canonical `references[0]`,
             e.g. `"a red circle on the left"` or `"a red circle to the left of a blue square"`).
-            ocr: `max_words` (defaults to 3); the text is also the single reference.
+            ocr: `max_words` (defaults to 3); `text`: `"words"` (default: up to `max_words` common words and numbers),
+            `"random"` (random strings of 3 to `max_chars` (16) letters, digits and punctuation) or `"mixed"`
+            (random strings with probability `random_fraction`, 0.5); `fonts` and `exclude_fonts` (font file names
+            or paths, see [`select_fonts`]), e.g. to hold a font out of training. The text is the single reference.
 
     Returns:
         `list[Example]`
@@ -306,6 +309,36 @@ def _font(path: str | None, size: int) -> _Font:
     return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
 
 
+# Characters of OCR's random strings: letters, digits and common punctuation (no language prior to lean on).
+RANDOM_CHARACTERS = string.ascii_letters + string.digits + ".,:;!?'-()/&%"
+
+
+def select_fonts(fonts: Sequence[str] | None = None, exclude_fonts: Sequence[str] = ()) -> tuple[str, ...]:
+    r"""
+    The OCR fonts to draw from: [`find_fonts`] narrowed to `fonts` and without `exclude_fonts`.
+
+    Args:
+        fonts (`Sequence[str]`, *optional*): file names (e.g. `"DejaVuSerif.ttf"`) or paths; all found fonts when
+            omitted. A path that [`find_fonts`] does not list is used as given.
+        exclude_fonts (`Sequence[str]`): file names or paths to leave out (e.g. a held-out font).
+
+    Returns:
+        `tuple[str, ...]`: font paths, possibly empty (Pillow's bundled font is used then).
+    """
+    found = find_fonts()
+    by_name = {path.rsplit("/", 1)[-1]: path for path in found}
+    chosen = found if fonts is None else tuple(by_name.get(name, name) for name in fonts)
+    excluded = set(exclude_fonts)
+    return tuple(path for path in chosen if path not in excluded and path.rsplit("/", 1)[-1] not in excluded)
+
+
+def _random_string(rng: random.Random, max_chars: int) -> str:
+    """Random characters (and a space now and then, never at an end): text no word list or language model predicts."""
+    length = rng.randint(3, max_chars)
+    chars = [" " if 0 < i < length - 1 and rng.random() < 0.1 else rng.choice(RANDOM_CHARACTERS) for i in range(length)]
+    return "".join(chars).replace("  ", " ")
+
+
 def _random_text(rng: random.Random, max_words: int) -> str:
     words = [
         str(rng.randint(0, 9999)) if rng.random() < 0.2 else rng.choice(WORDS) for _ in range(rng.randint(1, max_words))
@@ -314,9 +347,9 @@ def _random_text(rng: random.Random, max_words: int) -> str:
     return text.upper() if case < 0.1 else text.capitalize() if case < 0.3 else text
 
 
-def _fitted_font(rng: random.Random, text: str, size: tuple[int, int]) -> _Font:
-    """A random font at a random size, shrunk until `text` fits the image with a small margin."""
-    fonts = find_fonts()
+def _fitted_font(rng: random.Random, text: str, size: tuple[int, int], fonts: Sequence[str] | None = None) -> _Font:
+    """A random font (of `fonts`, default all found) at a random size, shrunk until `text` fits with a small margin."""
+    fonts = find_fonts() if fonts is None else fonts
     path = rng.choice(fonts) if fonts else None
     points = rng.randint(int(0.45 * size[1]), int(0.75 * size[1]))
     while points > 6:
@@ -335,10 +368,24 @@ def _ocr_colours(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def _ocr_example(
-    rng: random.Random, noise_rng: np.random.Generator, size: tuple[int, int], max_words: int = 3
+    rng: random.Random,
+    noise_rng: np.random.Generator,
+    size: tuple[int, int],
+    max_words: int = 3,
+    text: str = "words",
+    random_fraction: float = 0.5,
+    max_chars: int = 16,
+    fonts: Sequence[str] | None = None,
+    exclude_fonts: Sequence[str] = (),
 ) -> Example:
-    text = _random_text(rng, max_words)
-    font = _fitted_font(rng, text, size)
+    if text not in ("words", "random", "mixed"):
+        raise ValueError(f"text must be 'words', 'random' or 'mixed', got {text!r}")
+    font_paths = None if fonts is None and not exclude_fonts else select_fonts(fonts, exclude_fonts)
+    if text == "random" or (text == "mixed" and rng.random() < random_fraction):
+        text = _random_string(rng, max_chars)
+    else:
+        text = _random_text(rng, max_words)
+    font = _fitted_font(rng, text, size, font_paths)
     # Text is drawn into a mask, rotated slightly, then used to composite ink over the background.
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
