@@ -206,6 +206,14 @@ def _readable_or_fail(records: list[dict], source: str | Path) -> list[dict]:
     return kept
 
 
+def _identifier(item: dict, field: str, path: Path, where: str, fix: str) -> int | str:
+    """A COCO id field: present, and a number or a string."""
+    value = _require(item, field, file=path, line=where, fix=fix)
+    if not isinstance(value, (int, str)):
+        raise DataError("must be a number or string", file=path, line=where, field=field, value=value)
+    return value
+
+
 def _coco(data: dict, path: Path, root: Path, skipped: _Skipped) -> tuple[list[dict], int]:
     annotations = data["annotations"]
     if not isinstance(annotations, list):
@@ -215,9 +223,7 @@ def _coco(data: dict, path: Path, root: Path, skipped: _Skipped) -> tuple[list[d
         where = f"annotations[{i}]"
         annotation = _object(annotation, file=path, line=where)
         fix = 'each annotation needs "image_id" and a "caption" string'
-        image_id = _require(annotation, "image_id", file=path, line=where, fix=fix)
-        if not isinstance(image_id, (int, str)):
-            raise DataError("must be a number or string", file=path, line=where, field="image_id", value=image_id)
+        image_id = _identifier(annotation, "image_id", path, where, fix)
         caption = _texts(
             _require(annotation, "caption", file=path, line=where, fix=fix),
             file=path,
@@ -231,9 +237,7 @@ def _coco(data: dict, path: Path, root: Path, skipped: _Skipped) -> tuple[list[d
         where = f"images[{i}]"
         image = _object(image, file=path, line=where)
         fix = 'each image needs an "id" and a "file_name"'
-        image_id = _require(image, "id", file=path, line=where, fix=fix)
-        if not isinstance(image_id, (int, str)):
-            raise DataError("must be a number or string", file=path, line=where, field="id", value=image_id)
+        image_id = _identifier(image, "id", path, where, fix)
         file_name = _string(
             _require(image, "file_name", file=path, line=where, fix=fix),
             file=path,

@@ -13,6 +13,7 @@ units (a sample with too few gets CTC loss 0, not infinity).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,3 +96,29 @@ def ctc_greedy_decode(logits: torch.Tensor, blank_id: int, input_mask: torch.Ten
             previous = token
         decoded.append(ids)
     return decoded
+
+
+def joint_ctc_loss(
+    head: nn.Linear,
+    config: Any,
+    attention_loss: torch.Tensor,
+    states: torch.Tensor,
+    mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    count: torch.Tensor | int,
+) -> torch.Tensor:
+    """`(1 - w) * attention_loss + w * CTC` of `head` on the encoder's token states `[B, S, E]` (mask `[B, S]`)."""
+    if head.out_features != config.decoder.vocab_size:
+        raise ValueError(
+            f"The CTC head predicts {head.out_features} ids but the decoder vocabulary now has "
+            f"{config.decoder.vocab_size} (resized after the head was built); build the model with the final "
+            "vocabulary size, then set ctc_weight."
+        )
+    blank = config.ctc_blank_token_id if config.ctc_blank_token_id is not None else config.pad_token_id
+    if blank is None:
+        raise ValueError("ctc_weight > 0 needs a blank: set `ctc_blank_token_id` or `pad_token_id`.")
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    special = [*eos, config.pad_token_id, config.bos_token_id, config.decoder_start_token_id]
+    ctc = ctc_loss(head(states), labels, blank, special, mask, count)  # [B, S, V] logits
+    weight = config.ctc_weight
+    return (1 - weight) * attention_loss + weight * ctc.to(attention_loss.dtype)

@@ -30,7 +30,7 @@ from ..onednn import use_onednn_lm_head
 from ..special_tokens import SPECIAL_TOKENS, validate_token_ids
 from .assembly import FromPartsMixin
 from .checks import check_encoder_inputs, check_generate_arguments, check_ids
-from .ctc import build_ctc_head, ctc_loss
+from .ctc import build_ctc_head, joint_ctc_loss
 from .signature import DECODER_PARAMETERS, FORWARD_DOC, composite_forward
 from .special_tokens import SpecialTokensMixin
 
@@ -351,7 +351,9 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
             loss = loss / count
             if getattr(self, "ctc_head", None) is not None and self.config.ctc_weight > 0:
-                loss = self._joint_ctc_loss(loss, encoder_outputs[0], attention_mask, labels, count)
+                states = as_token_states(encoder_outputs[0])  # [B, S, E]: the CTC head reads them before adaptation
+                mask = self._encoder_attention_mask(attention_mask, states)
+                loss = joint_ctc_loss(self.ctc_head, self.config, loss, states, mask, labels, count)
 
         if not return_dict:  # the seed classes' tuple: loss, then the decoder's outputs, then the encoder's
             return ((loss,) if loss is not None else ()) + decoder_outputs.to_tuple() + encoder_outputs.to_tuple()
@@ -367,33 +369,6 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
             encoder_attentions=getattr(encoder_outputs, "attentions", None),
         )
-
-    def _joint_ctc_loss(
-        self,
-        attention_loss: torch.Tensor,
-        encoder_output: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        labels: torch.Tensor,
-        count: torch.Tensor | int,
-    ) -> torch.Tensor:
-        """`(1 - w) * attention_loss + w * CTC` of the CTC head on the encoder's token states (before adaptation)."""
-        states = as_token_states(encoder_output)  # [B, S, E]
-        mask = self._encoder_attention_mask(attention_mask, states)  # [B, S] or None
-        config = self.config
-        if self.ctc_head.out_features != config.decoder.vocab_size:
-            raise ValueError(
-                f"The CTC head predicts {self.ctc_head.out_features} ids but the decoder vocabulary now has "
-                f"{config.decoder.vocab_size} (resized after the head was built); build the model with the final "
-                "vocabulary size, then set ctc_weight."
-            )
-        blank = config.ctc_blank_token_id if config.ctc_blank_token_id is not None else config.pad_token_id
-        if blank is None:
-            raise ValueError("ctc_weight > 0 needs a blank: set `ctc_blank_token_id` or `pad_token_id`.")
-        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-        special = [*eos, config.pad_token_id, config.bos_token_id, config.decoder_start_token_id]
-        ctc = ctc_loss(self.ctc_head(states), labels, blank, special, mask, count)  # [B, S, V] logits
-        weight = config.ctc_weight
-        return (1 - weight) * attention_loss + weight * ctc.to(attention_loss.dtype)
 
     def decoder_attention_mask_from_labels(self, labels: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
         """The decoder mask `[B, T]` when `decoder_input_ids` are built from `labels` and no mask is given.
