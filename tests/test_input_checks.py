@@ -18,7 +18,7 @@ def _vision(**kwargs):
 def test_generate_beyond_the_decoder_positions_is_an_error():
     model = _vision()  # GPT-2 with 64 learned positions
     images = pixel_values(model.config.encoder, batch=1)
-    with pytest.raises(ValueError, match=r"max_new_tokens=500 = 501 positions.*for 64.*at most 63"):
+    with pytest.raises(ValueError, match=r"max_new_tokens=500 = 501 positions.*takes 64.*at most 63"):
         model.generate(images, max_new_tokens=500)
     assert model.generate(images, max_new_tokens=63, min_new_tokens=63).shape[1] == 64  # the limit itself works
 

@@ -46,6 +46,25 @@ def decoder_dimensions(decoder: nn.Module) -> tuple[int, int, float]:
     return found[0], found[1], eps
 
 
+# Models whose position ids start after the padding id (RoBERTa's `padding_idx + 1`), so fewer positions are usable.
+_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "xmod",
+                            "data2vec-text", "longformer", "ibert", "markuplm"}  # fmt: skip
+
+
+def position_limit(config: Any) -> int | None:
+    r"""
+    The most tokens a model (config) can take: its `n_positions` / `max_position_embeddings` / `max_target_positions`
+    (RoBERTa-style models lose `pad_token_id + 1` of them); `None` when it has no fixed limit (T5's relative positions).
+    """
+    for name in ("n_positions", "max_position_embeddings", "max_target_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING:
+                value -= (getattr(config, "pad_token_id", None) or 1) + 1
+            return max(value, 1)
+    return None
+
+
 def has_native_cross_attention(decoder: nn.Module | PreTrainedConfig | dict) -> bool:
     """Whether the decoder has (an instance) or can build (a config: its causal-LM class) cross-attention layers."""
     if isinstance(decoder, nn.Module):

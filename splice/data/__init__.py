@@ -6,7 +6,8 @@ A record is a dict: `{"image": path | bytes | PIL.Image, "text": target}` for im
 retrieved captions: fed to the decoder, never scored) and `"references"` (all reference captions, for metrics).
 """
 
-from .collator import SpliceCollator, position_limit
+from ..conditioning.base import position_limit
+from .collator import SpliceCollator
 from .io import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, DataError, keep_readable, open_image
 from .loaders import from_hf_dataset, load_coco_json, load_imagefolder, load_text_pairs
 

@@ -8,27 +8,10 @@ from typing import Any
 
 import torch
 
+from ..conditioning.base import position_limit
 from .io import UNREADABLE_IMAGE_ERRORS, DataError, open_image, shorten
 
 logger = logging.getLogger(__name__)
-
-# Models whose position ids start after the padding id (RoBERTa's `padding_idx + 1`), so fewer positions are usable.
-_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "xmod",
-                            "data2vec-text", "longformer", "ibert", "markuplm"}  # fmt: skip
-
-
-def position_limit(config: Any) -> int | None:
-    r"""
-    The most tokens a model (config) can take: its `n_positions` / `max_position_embeddings` / `max_target_positions`
-    (RoBERTa-style models lose `pad_token_id + 1` of them); `None` when it has no fixed limit (T5's relative positions).
-    """
-    for name in ("n_positions", "max_position_embeddings", "max_target_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            if getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING:
-                value -= (getattr(config, "pad_token_id", None) or 1) + 1
-            return max(value, 1)
-    return None
 
 
 class SpliceCollator:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..conditioning.base import position_limit
+
 
 def check_ids(name: str, ids: torch.Tensor, vocab_size: int, part: str = "decoder") -> None:
     """Token ids inside `[0, vocab_size)`; in `labels`, -100 marks ignored positions."""
@@ -53,18 +55,6 @@ def check_encoder_inputs(encoder: nn.Module, inputs: dict[str, torch.Tensor]) ->
         )
 
 
-def _position_limit(decoder: nn.Module) -> int | None:
-    """How many positions a decoder with learned absolute position embeddings can read (None: no such table)."""
-    for name, module in decoder.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Embedding) and leaf in ("wpe", "position_embeddings", "embed_positions"):
-            offset = getattr(module, "offset", None)  # BART / TrOCR start at 2
-            if offset is None:  # RoBERTa-style tables start after the padding index
-                offset = module.padding_idx + 1 if module.padding_idx is not None else 0
-            return module.num_embeddings - offset
-    return None
-
-
 def check_generate_arguments(model: nn.Module, inputs: Any, generation_config: Any, kwargs: dict[str, Any]) -> None:
     """`num_beams` ≥ 1, `max_new_tokens` ≥ 1, and the length asked for within the decoder's positions."""
     config = generation_config if generation_config is not None else model.generation_config
@@ -81,7 +71,7 @@ def check_generate_arguments(model: nn.Module, inputs: Any, generation_config: A
         value = setting(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"generate(): {name}={value!r}; it must be an integer >= 1.")
-    limit = _position_limit(model.decoder)
+    limit = position_limit(model.config.decoder)
     if limit is None:
         return
     prompt = kwargs.get("decoder_input_ids")
@@ -93,6 +83,6 @@ def check_generate_arguments(model: nn.Module, inputs: Any, generation_config: A
     if total is not None and total > limit:
         raise ValueError(
             f"generate(): {start} prompt position(s) + max_new_tokens={max_new} = {total} positions, but the decoder "
-            f"{type(model.decoder).__name__} has learned position embeddings for {limit}. Lower max_new_tokens to at "
+            f"{type(model.decoder).__name__} takes {limit}. Lower max_new_tokens to at "
             f"most {limit - start}."
         )
