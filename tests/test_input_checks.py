@@ -47,7 +47,9 @@ def test_raw_pixels_are_refused_and_unnormalised_floats_warned():
     with pytest.raises(ValueError, match="pixel_values has dtype torch.uint8: raw pixels"):
         model.generate(raw, max_new_tokens=2)
     with pytest.warns(UserWarning, match="look like 0-255 pixels"):
-        model(pixel_values=raw.float(), decoder_input_ids=torch.full((1, 1), BOS))
+        model.generate(raw.float(), max_new_tokens=2)
+    with pytest.raises(ValueError, match="raw pixels"):  # forward checks the dtype too
+        model(pixel_values=raw, decoder_input_ids=torch.full((1, 1), BOS))
 
 
 def test_labels_all_ignored_give_zero_loss_not_nan():

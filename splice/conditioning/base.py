@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, EncoderDecoderCache
@@ -109,8 +109,9 @@ class Conditioning:
         """Names (as in `model.named_parameters()`) of the decoder-side parameters this mode adds or trains."""
         return set()
 
-    def cached_prefix_length(
-        self, model: nn.Module, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
-    ) -> int:
-        """How many positions the decoder's cache holds before the text (the prefix mode's prefix)."""
+    def cached_prefix_length(self, model: nn.Module, encoder_side: Callable[[], tuple[Tensor, Tensor | None]]) -> int:
+        """How many positions the decoder's cache holds before the text (the prefix mode's prefix).
+
+        `encoder_side()` gives the adapted states and mask `[B, S, D]`, `[B, S]`; only modes that need them call it.
+        """
         return 0

@@ -7,6 +7,7 @@ states) → `[B, P, D]`, with a mask `[B, P]` (padding in the encoder input stay
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -141,10 +142,9 @@ class Prefix(Conditioning):
             num_heads=num_heads,
         )
 
-    def cached_prefix_length(
-        self, model: nn.Module, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
-    ) -> int:
-        return model.prefix_projector.prefix_mask(encoder_hidden_states, encoder_attention_mask).shape[1]
+    def cached_prefix_length(self, model: nn.Module, encoder_side: Callable[[], tuple[Tensor, Tensor | None]]) -> int:
+        states, mask = encoder_side()
+        return model.prefix_projector.prefix_mask(states, mask).shape[1]
 
     def decode(
         self,

@@ -32,8 +32,9 @@ def check_ids(name: str, ids: torch.Tensor, vocab_size: int, part: str = "decode
         )
 
 
-def check_encoder_inputs(encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-    """The encoder's `input_ids` inside its vocabulary; `pixel_values` normalised floats, not raw 0-255 pixels."""
+def check_encoder_inputs(encoder: nn.Module, inputs: dict[str, torch.Tensor], values: bool = False) -> None:
+    """The encoder's `input_ids` inside its vocabulary; `pixel_values` floats. With `values` (once per `generate`,
+    not on every training step: it reads the tensor back), floats beyond ±32 warn: 0-255 pixels, not normalised."""
     if torch.compiler.is_compiling():
         return
     vocab_size = getattr(encoder.config, "vocab_size", None)
@@ -47,9 +48,10 @@ def check_encoder_inputs(encoder: nn.Module, inputs: dict[str, torch.Tensor]) ->
             f"pixel_values has dtype {pixels.dtype}: raw pixels. The encoder expects normalised floats; pass the "
             "images through the image processor (`processor(images=images)['pixel_values']`)."
         )
-    if pixels.numel() and pixels.abs().max() > 32:
+    peak = pixels.abs().max().item() if values and pixels.numel() else 0.0
+    if peak > 32:
         warnings.warn(
-            f"pixel_values reach {pixels.abs().max().item():.0f}: they look like 0-255 pixels, not normalised ones. "
+            f"pixel_values reach {peak:.0f}: they look like 0-255 pixels, not normalised ones. "
             "Pass the images through the image processor.",
             stacklevel=4,
         )
@@ -62,7 +64,7 @@ def check_generate_arguments(model: nn.Module, inputs: Any, generation_config: A
     encoder_inputs = {k: kwargs[k] for k in ("pixel_values", "input_ids") if isinstance(kwargs.get(k), torch.Tensor)}
     if isinstance(inputs, torch.Tensor) and model.main_input_name in ("pixel_values", "input_ids"):
         encoder_inputs[model.main_input_name] = inputs
-    check_encoder_inputs(model.encoder, encoder_inputs)
+    check_encoder_inputs(model.encoder, encoder_inputs, values=True)
 
     def setting(name: str) -> Any:
         return kwargs[name] if kwargs.get(name) is not None else getattr(config, name, None)

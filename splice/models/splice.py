@@ -246,10 +246,10 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T_total]
             model_inputs["decoder_position_ids"] = positions[:, -fed.shape[1] :]
         if expected > 0:  # the prefix mode's cache holds the prefix before the text
-            states, states_mask = self._decoder_side_states(
-                kwargs["encoder_outputs"][0], kwargs.get("attention_mask"), cache
+            encoder_output, encoder_mask = kwargs["encoder_outputs"][0], kwargs.get("attention_mask")
+            expected += self.conditioning.cached_prefix_length(
+                self, lambda: self._decoder_side_states(encoder_output, encoder_mask, cache)
             )
-            expected += self.conditioning.cached_prefix_length(self, states, states_mask)
         if expected > 0 and held < expected:
             raise RuntimeError(
                 f"Generation is broken with transformers {TRANSFORMERS_VERSION}: this step feeds "
