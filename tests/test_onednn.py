@@ -26,14 +26,18 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape", [(5, 16), (2, 3, 16), (1, 1, 16)])
+@pytest.mark.parametrize("shape", [(5, 1, 16), (2, 1, 16), (1, 1, 16)])  # decoding steps: the oneDNN path
 @pytest.mark.parametrize("bias", [True, False])
-def test_onednn_linear_matches_f_linear(shape, bias):
+def test_onednn_linear_matches_f_linear(shape, bias, monkeypatch):
     torch.manual_seed(0)
     base = nn.Linear(16, 300, bias=bias)
     x = torch.randn(shape)
+    calls = []
+    kernel = onednn._linear_pointwise
+    monkeypatch.setattr(onednn, "_linear_pointwise", lambda *args: calls.append(1) or kernel(*args))
     with torch.no_grad():
         got, expected = OneDNNLinear(base)(x), base(x)
+    assert calls == [1]  # the comparison is oneDNN against F.linear, not F.linear against itself
     assert got.shape == expected.shape == (*shape[:-1], 300)
     assert relative_error(got, expected) <= 1e-6
     assert OneDNNLinear(base).weight is base.weight and OneDNNLinear(base).bias is base.bias
