@@ -43,6 +43,8 @@ def test_train_flags_save_model_processor_metrics_and_logs(tmp_path, capsys):
 
     longest = max(len(tokenizer(r["text"]).input_ids) for r in load_records("builtin:shapes", "caption", 16, 0, 32))
     assert model.generation_config.max_new_tokens == longest
+    # Evaluation does not leave transformers' defaults (max_length=20) in the saved generation settings.
+    assert "max_length" not in json.loads((tmp_path / "generation_config.json").read_text())
     assert list((tmp_path / "runs").iterdir())  # TensorBoard event files
     assert (tmp_path / "checkpoint-2").is_dir()
 

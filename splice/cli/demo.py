@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -215,29 +214,15 @@ def _run_ocr_demo(output_dir: str, quick: bool, settings: OcrDemo) -> dict:
     return metrics | {"held_out": held_out, "seconds": seconds, "output_dir": config.output_dir}
 
 
-class _DropMessage(logging.Filter):
-    """Drops log records whose message contains `text`."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
 @contextlib.contextmanager
 def compact_training_log(epochs: float) -> Iterator[None]:
-    """During the block: the progress bar, one line per epoch (loss and eval metrics), no repeated length warning.
+    """During the block: the progress bar and one line per epoch (loss and eval metrics).
 
     transformers prints every log as a dict; here its progress callback prints one line at each epoch's evaluation
-    (the training loss logged at that epoch's end, see `logging_steps` in [`ocr_train_config`]). The Seq2Seq trainer
-    fills `max_length` into the model's generation config after its first evaluation batch, so every later `generate`
-    warns that `max_new_tokens` and `max_length` are both set (`max_new_tokens` wins, as intended): that warning is
-    dropped.
+    (the training loss logged at that epoch's end, see `logging_steps` in [`ocr_train_config`]). (The repeated
+    "max_new_tokens and max_length" warning is gone at its source: `SpliceTrainer.prediction_step`.)
     """
     from transformers import trainer_callback
-    from transformers.generation import utils as generation_utils
 
     # transformers logs through ProgressCallback, or PrinterCallback when its progress bars are off (log level above
     # warning): both print the one line.
@@ -256,16 +241,13 @@ def compact_training_log(epochs: float) -> Iterator[None]:
             bar = getattr(callback, "training_bar", None)
             (bar.write if bar is not None else print)(line)
 
-    repeated = _DropMessage("seem to have been set. `max_new_tokens` will take precedence")
     for cls in originals:
         cls.on_log = on_log
-    generation_utils.logger.addFilter(repeated)
     try:
         yield
     finally:
         for cls, original in originals.items():
             cls.on_log = original
-        generation_utils.logger.removeFilter(repeated)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,19 @@ class SpliceTrainer(Seq2SeqTrainer):
         super().__init__(*args, **kwargs)
         self.processor = processor
 
+    def prediction_step(self, model: nn.Module, inputs: dict, prediction_loss_only: bool, ignore_keys: Any = None,
+                        **gen_kwargs: Any) -> Any:  # fmt: skip
+        """transformers' step, minus its side effect: it writes the library defaults (`max_length=20`, ...) into the
+        model's own generation config, after which every `generate` warns that `max_length` and `max_new_tokens` are
+        both set, and a saved model carries settings nobody chose. The settings it filled are unset again."""
+        config = self.accelerator.unwrap_model(model).generation_config
+        unset = [key for key in config._get_default_generation_params() if getattr(config, key, None) is None]
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        finally:
+            for key in unset:
+                setattr(config, key, None)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         if not self.is_world_process_zero():
