@@ -43,6 +43,8 @@ class SearchSettings:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     num_return_sequences: int = 1
+    # Top-k by a stable sort instead of `lax.top_k`, whose StableHLO (a `composite` op) TensorFlow cannot load yet.
+    sort_top_k: bool = False
 
 
 def settings_from(generation_config: Any, special: dict[str, Any]) -> SearchSettings:
@@ -89,12 +91,20 @@ def _is_eos(tokens: jax.Array, s: SearchSettings) -> jax.Array:
     return hit
 
 
+def _top_k(x: jax.Array, k: int, s: SearchSettings) -> tuple[jax.Array, jax.Array]:
+    """The `k` largest values of the last axis and their indices, ties to the lower index (as `lax.top_k`)."""
+    if not s.sort_top_k:
+        return jax.lax.top_k(x, k)
+    index = jnp.argsort(-x, axis=-1, stable=True)[..., :k]
+    return jnp.take_along_axis(x, index, axis=-1), index
+
+
 def _warp(logits: jax.Array, s: SearchSettings) -> jax.Array:
     """transformers' sampling warpers, in its order: temperature, top-k, top-p (nucleus)."""
     logits = logits / s.temperature if s.temperature != 1.0 else logits
     neg = jnp.finfo(logits.dtype).min
     if 0 < s.top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, s.top_k)[0][..., -1:]  # [B, 1]
+        kth = _top_k(logits, s.top_k, s)[0][..., -1:]  # [B, 1]
         logits = jnp.where(logits < kth, neg, logits)
     if s.top_p < 1.0:
         order = jnp.argsort(logits, axis=-1)  # ascending, as transformers sorts
@@ -157,14 +167,14 @@ def beam_search(step: Any, cache: dict, batch: int, s: SearchSettings) -> tuple[
         log_probs = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)  # [B*K, V]
         vocab = log_probs.shape[-1]
         log_probs = (log_probs.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
-        top_scores, top_index = jax.lax.top_k(log_probs, keep)  # [B, 2K]
+        top_scores, top_index = _top_k(log_probs, keep, s)  # [B, 2K]
         source, tokens = top_index // vocab, (top_index % vocab).astype(jnp.int32)
         candidates = jax.lax.dynamic_update_slice_in_dim(_gather(running, source), tokens[:, :, None], cur, axis=2)
         hits = _is_eos(tokens, s) | (cur + 1 >= length)  # [B, 2K]: the candidate ends here
 
         # The `k` best candidates that go on (finished ones pushed out).
         alive = top_scores - 1e9 * hits
-        order = jax.lax.top_k(alive, k)[1]  # [B, K]
+        order = _top_k(alive, k, s)[1]  # [B, K]
         running, running_scores = _gather(candidates, order), _gather(alive, order)
         rows = (jnp.arange(batch)[:, None] * k + _gather(source, order)).reshape(-1)  # [B*K] cache rows to keep
         cache = {
@@ -178,7 +188,7 @@ def beam_search(step: Any, cache: dict, batch: int, s: SearchSettings) -> tuple[
         full = jnp.all(finished, axis=-1, keepdims=True) & (s.early_stopping is True)
         normed = normed - 1e9 * (full | ~open_ | ~just)
         merged = jnp.concatenate([scores, normed], axis=1)  # [B, 3K]
-        best = jax.lax.top_k(merged, k)[1]
+        best = _top_k(merged, k, s)[1]
         sequences = _gather(jnp.concatenate([sequences, candidates], axis=1), best)
         scores = _gather(merged, best)
         lengths = _gather(jnp.concatenate([lengths, jnp.full((batch, keep), cur + 1, jnp.int32)], axis=1), best)
