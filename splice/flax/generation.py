@@ -157,7 +157,9 @@ def beam_search(step: Any, cache: dict, batch: int, s: SearchSettings) -> tuple[
     k, length, prompt = s.num_beams, s.max_length, 1
     keep = max(2, 1 + len(s.eos_token_ids)) * k  # candidates per step: enough to continue `k` unfinished beams
     top_k_mask = jnp.arange(keep) < k  # only the `k` best candidates may finish a hypothesis
-    running = jnp.full((batch, k, length), s.pad_token_id, jnp.int32).at[:, :, 0].set(s.decoder_start_token_id)
+    # transformers' fill value for beam outputs: the pad id, unless it is 0 (then the first eos), -1 with no eos.
+    fill = (s.pad_token_id or s.eos_token_ids[0]) if s.eos_token_ids else -1
+    running = jnp.full((batch, k, length), fill, jnp.int32).at[:, :, 0].set(s.decoder_start_token_id)
     running_scores = jnp.zeros((batch, k)).at[:, 1:].set(-1e9)  # identical beams: only the first one continues
 
     def body(state):

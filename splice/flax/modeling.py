@@ -36,6 +36,13 @@ class Seq2SeqLMOutput:
 
 
 @struct.dataclass
+class EncoderOutput:
+    """`last_hidden_state` `[B, S, E]`: what `encode` returns and `decode` reads."""
+
+    last_hidden_state: jax.Array
+
+
+@struct.dataclass
 class GenerateOutput:
     """`sequences` `[B * num_return_sequences, L]`: the start token, then the generated ids (padded when finished)."""
 
@@ -194,14 +201,18 @@ class FlaxSpliceModel:
         return jnp.concatenate([jnp.ones_like(labels[:, :1]), (labels[:, :-1] != -100).astype(labels.dtype)], 1)
 
     def encode(self, inputs: Any, attention_mask: Any = None, params: dict | None = None, dropout_rng=None,
-               train: bool = False) -> jax.Array:  # fmt: skip
-        """The encoder's `last_hidden_state` `[B, S, E]`."""
-        return self._jit("encode", _encode, train=train)(self._check_params(params), jnp.asarray(inputs),
-                                                         _opt(attention_mask), dropout_rng)  # fmt: skip
+               train: bool = False) -> EncoderOutput:  # fmt: skip
+        """The encoder's `last_hidden_state` `[B, S, E]`, as `EncoderOutput`."""
+        states = self._jit("encode", _encode, train=train)(self._check_params(params), jnp.asarray(inputs),
+                                                           _opt(attention_mask), dropout_rng)  # fmt: skip
+        return EncoderOutput(last_hidden_state=states)
 
-    def init_cache(self, encoder_outputs: jax.Array, max_length: int, params: dict | None = None) -> dict:
+    def init_cache(self, batch_size: int, max_length: int, encoder_outputs: Any, params: dict | None = None) -> dict:
         """A fixed-size decoding cache for `max_length` tokens (`decode(..., past_key_values=cache)`)."""
-        return self._jit("cache", _init_cache, max_length=max_length)(self._check_params(params), encoder_outputs)
+        states = getattr(encoder_outputs, "last_hidden_state", encoder_outputs)
+        if states.shape[0] != batch_size:
+            raise ValueError(f"batch_size={batch_size} but the encoder outputs hold {states.shape[0]} rows.")
+        return self._jit("cache", _init_cache, max_length=max_length)(self._check_params(params), states)
 
     def decode(
         self, decoder_input_ids: Any, encoder_outputs: jax.Array, encoder_attention_mask: Any = None,
@@ -211,7 +222,8 @@ class FlaxSpliceModel:
         """Decoder logits for `decoder_input_ids` given `encoder_outputs` (from `encode`); with `past_key_values`
         (from `init_cache`, then from the previous call) only the new tokens are fed."""
         logits, cache = self._jit("decode", _decode, train=train)(
-            self._check_params(params), jnp.asarray(decoder_input_ids), encoder_outputs, _opt(encoder_attention_mask),
+            self._check_params(params), jnp.asarray(decoder_input_ids),
+            getattr(encoder_outputs, "last_hidden_state", encoder_outputs), _opt(encoder_attention_mask),
             _opt(decoder_attention_mask), _opt(decoder_position_ids), past_key_values, dropout_rng,
         )  # fmt: skip
         return Seq2SeqLMOutput(logits=logits, past_key_values=cache)

@@ -48,8 +48,8 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
 
     def __call__(self, x: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        y = x.astype(dtype) @ self.weight.value.astype(dtype).T
-        return y if self.bias is None else y + self.bias.value.astype(dtype)
+        y = x.astype(dtype) @ self.weight[...].astype(dtype).T
+        return y if self.bias is None else y + self.bias[...].astype(dtype)
 
 
 class Conv1D(nnx.Module):
@@ -60,7 +60,7 @@ class Conv1D(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32))
 
     def __call__(self, x: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return x.astype(dtype) @ self.weight.value.astype(dtype) + self.bias.value.astype(dtype)
+        return x.astype(dtype) @ self.weight[...].astype(dtype) + self.bias[...].astype(dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -75,7 +75,7 @@ class LayerNorm(nnx.Module):
         x = x.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = ((x - mean) ** 2).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight.value + self.bias.value
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
         return y.astype(dtype)
 
 
@@ -86,11 +86,11 @@ class Embedding(nnx.Module):
         self.weight = _normal(rngs, (num, dim), std)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.weight.value, ids, axis=0)
+        return jnp.take(self.weight[...], ids, axis=0)
 
     def attend(self, x: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """Logits against the embedding matrix (a tied language-model head)."""
-        return x.astype(dtype) @ self.weight.value.astype(dtype).T
+        return x.astype(dtype) @ self.weight[...].astype(dtype).T
 
 
 def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:

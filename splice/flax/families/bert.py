@@ -141,7 +141,7 @@ class BertPredictionHead(nnx.Module):
     def __call__(self, x, embeddings: Embedding, dtype):
         x = self.transform(x, dtype)
         logits = embeddings.attend(x, dtype) if self.decoder is None else self.decoder(x, dtype)
-        return logits + self.bias.value.astype(dtype)
+        return logits + self.bias[...].astype(dtype)
 
 
 class _Transform(nnx.Module):
@@ -175,7 +175,7 @@ class RobertaLMHead(nnx.Module):
     def __call__(self, x, embeddings: Embedding, dtype):
         x = self.layer_norm(activation("gelu")(self.dense(x, dtype)), dtype)
         logits = embeddings.attend(x, dtype) if self.decoder is None else self.decoder(x, dtype)
-        return logits + self.bias.value.astype(dtype)
+        return logits + self.bias[...].astype(dtype)
 
 
 def encoder(config: Any, *, rngs: nnx.Rngs) -> BertBody:

@@ -36,11 +36,11 @@ class _Conv(Linear):
 
     def __init__(self, d_in: int, d_out: int, shape: tuple[int, ...], *, rngs: nnx.Rngs, std: float):
         super().__init__(d_in, d_out, rngs=rngs, std=std)
-        self.weight = nnx.Param(self.weight.value.reshape(shape))
+        self.weight = nnx.Param(self.weight[...].reshape(shape))
 
     def __call__(self, x, dtype=jnp.float32):
-        w = self.weight.value.reshape(self.weight.value.shape[0], -1).astype(dtype)  # [D, C*p*p]
-        return x.astype(dtype) @ w.T + self.bias.value.astype(dtype)
+        w = self.weight[...].reshape(self.weight[...].shape[0], -1).astype(dtype)  # [D, C*p*p]
+        return x.astype(dtype) @ w.T + self.bias[...].astype(dtype)
 
 
 class Embeddings(nnx.Module):
@@ -61,9 +61,9 @@ class Embeddings(nnx.Module):
                 "with the model's image processor (the JAX ViT does not interpolate position embeddings)."
             )
         x = self.patch_embeddings(pixel_values, dtype)  # [B, N, D]
-        tokens = [self.cls_token.value] + ([] if self.distillation_token is None else [self.distillation_token.value])
+        tokens = [self.cls_token[...]] + ([] if self.distillation_token is None else [self.distillation_token[...]])
         tokens = [jnp.broadcast_to(t, (x.shape[0], 1, x.shape[2])).astype(dtype) for t in tokens]
-        x = jnp.concatenate([*tokens, x], axis=1) + self.position_embeddings.value.astype(dtype)  # [B, N+1|2, D]
+        x = jnp.concatenate([*tokens, x], axis=1) + self.position_embeddings[...].astype(dtype)  # [B, N+1|2, D]
         return dropout(x, self.rate, rngs)
 
 
