@@ -47,13 +47,16 @@ class OcrDemo:
 
     A CRNN-style line encoder (`splice_line_encoder`: convolutions keeping the horizontal resolution, one token per
     4-pixel column, learned positions, 2 transformer layers) spliced onto a GPT-2 decoder with cross-attention, trained
-    from random weights with joint CTC–attention (`ctc_weight`) and a warmed-up cosine learning rate. Training mixes
-    common words with random strings; the fonts in `held_out_fonts` are never rendered for training.
+    from random weights with joint CTC–attention (`ctc_weight`), a warmed-up cosine learning rate and bfloat16
+    autocast (`bf16`). Training mixes common words with random strings; the fonts in `held_out_fonts` are never
+    rendered for training.
 
     Args:
         encoder: `"line"` (the CRNN-style line encoder) or `"vit"` (a ViT on 32x4 column patches, for comparison).
         width, encoder_layers, decoder_layers: model sizes.
         n_train, epochs, batch_size, learning_rate, warmup_ratio, ctc_weight: training.
+        bf16: bfloat16 autocast in training (about 0.6 times the step time on a CPU with AVX-512 BF16 or AMX, which
+            buys the extra steps; set `False` on a CPU without them, where it is slower).
         position_init_scale: the line encoder's position embeddings start as this times a sinusoid table.
         dropout: the decoder's dropout (GPT-2's default 0.1 only slows a short run on fresh data).
         n_eval: the per-epoch check (unseen strings, training fonts).
@@ -65,12 +68,13 @@ class OcrDemo:
     width: int = 128
     encoder_layers: int = 2
     decoder_layers: int = 3
-    n_train: int = 12000
-    epochs: float = 5
+    n_train: int = 16000
+    epochs: float = 6
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_ratio: float = 0.05
     ctc_weight: float = 0.5
+    bf16: bool = True
     position_init_scale: float = 0.5
     dropout: float = 0.0
     n_eval: int = 100
@@ -110,6 +114,7 @@ def ocr_train_config(settings: OcrDemo = OCR_DEMO, output_dir: str = "splice-dem
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         warmup_ratio=settings.warmup_ratio,
+        bf16=settings.bf16,
         output_dir=output_dir,
         seed=settings.seed,
         # The loss is logged once per epoch, at its end (the demo prints it with that epoch's eval metrics).

@@ -192,6 +192,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         weight_decay=config.weight_decay,
         warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the total steps
         lr_scheduler_type="cosine",
+        bf16=config.bf16,
         logging_steps=config.logging_steps,
         # Prompted (SmallCap) batches teacher-force the prompt and the caption, so they are evaluated after training
         # with `model.caption`, which generates from the prompt alone.
