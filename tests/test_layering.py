@@ -11,7 +11,7 @@ LAYERS = {
     0: ["_compat", "encoders", "special_tokens", "processing", "onednn", "data.io"],
     1: ["conditioning", "inference"],
     2: ["configuration", "models", "registry"],
-    3: ["data", "retrieval", "training"],
+    3: ["data", "retrieval", "training", "flax", "tf"],
     4: ["cli"],
     5: ["__init__", "injection", "freezing"],  # the package's face and the old import paths (re-exports)
 }

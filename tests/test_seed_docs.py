@@ -12,10 +12,8 @@ Hub ids map to local directories written by the fixtures below:
     patrickvonplaten/bert2bert_cnn_daily_mail        -> bert2bert_dir (fine-tuned bert2bert, saved by transformers)
 The `requests.get(url)` images and `load_dataset("huggingface/cats-image")` become a synthetic PIL image.
 
-Not covered: the TFVisionEncoderDecoderModel / FlaxVisionEncoderDecoderModel / TFEncoderDecoderModel /
-FlaxEncoderDecoderModel examples (and the "load from a PyTorch checkpoint into TF" workarounds) of the
-*-with-tf-flax pages: transformers v5 removed the TensorFlow and Flax classes, so those examples have no PyTorch
-counterpart to run.
+The TFVisionEncoderDecoderModel / FlaxVisionEncoderDecoderModel / TFEncoderDecoderModel / FlaxEncoderDecoderModel
+examples of the *-with-tf-flax pages run in test_seed_docs_frameworks.py, on these fixtures.
 
 Where an example mutates `model.config` (special tokens, generation settings), splice must honour it; transformers v5
 ignores such edits in `generate`, so the oracle comparisons pass the same values to the oracle explicitly.

