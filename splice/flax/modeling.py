@@ -44,9 +44,10 @@ class EncoderOutput:
 
 @struct.dataclass
 class GenerateOutput:
-    """`sequences` `[B * num_return_sequences, L]`: the start token, then the generated ids (padded when finished)."""
+    """`sequences` `[B * num_return_sequences, L]` (NumPy): the start token, then the generated ids (padded when
+    finished)."""
 
-    sequences: jax.Array
+    sequences: np.ndarray
 
 
 def shift_tokens_right(labels: jax.Array, pad_token_id: int, decoder_start_token_id: int) -> jax.Array:
@@ -269,7 +270,8 @@ class FlaxSpliceModel:
         sequences, length = self._jit("generate", _generate, settings=settings)(
             self._check_params(params), jnp.asarray(inputs), _opt(attention_mask), key
         )
-        return GenerateOutput(sequences=sequences[:, : int(length)])
+        # On the host as NumPy: transformers v5's tokenizers decode NumPy, not JAX arrays.
+        return GenerateOutput(sequences=np.asarray(sequences[:, : int(length)]))
 
 
 def _opt(x: Any) -> jax.Array | None:
