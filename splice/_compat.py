@@ -22,6 +22,10 @@ try:  # transformers 5.0 records `output_hidden_states` with hooks through this 
 except ImportError:  # pragma: no cover - a release without it: hidden states are recorded without the swap
     active_output_collector = None
 
+# jax 0.10 lowers `lax.top_k` to a StableHLO `composite` op that tensorflow 2.21's XlaCallModule (StableHLO 1.13)
+# cannot load, so what splice lowers to TensorFlow takes its top-k from a stable sort (same values, same indices).
+JAX2TF_SORT_TOP_K = True
+
 COMPATIBILITY_HINT = (
     "See the README's 'Compatibility' section: install a tested transformers release "
     "(`pip install 'transformers==<newest tested>'`) and report the failure with this message."

@@ -43,7 +43,7 @@ class SearchSettings:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     num_return_sequences: int = 1
-    # Top-k by a stable sort instead of `lax.top_k`, whose StableHLO (a `composite` op) TensorFlow cannot load yet.
+    # Top-k by a stable sort instead of `lax.top_k` (for TensorFlow: see `splice._compat.JAX2TF_SORT_TOP_K`).
     sort_top_k: bool = False
 
 

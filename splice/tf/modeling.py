@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from jax.experimental import jax2tf  # noqa: E402
 
+from .._compat import JAX2TF_SORT_TOP_K  # noqa: E402
 from ..flax.modeling import (  # noqa: E402
     FlaxEncoderDecoderModel,
     FlaxSpliceModel,
@@ -176,7 +177,7 @@ class TFSpliceModel(keras.Model):
 
     def _generate_fn(self, settings: Any, masked: bool) -> Any:
         graphdef, dtype = self.flax_model._graphdef, self.flax_model.dtype
-        settings = dataclasses.replace(settings, sort_top_k=True)
+        settings = dataclasses.replace(settings, sort_top_k=JAX2TF_SORT_TOP_K)
 
         def search(params: dict, x: Any, *rest: Any) -> Any:
             mask = rest[0] if masked else None
