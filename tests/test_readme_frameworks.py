@@ -32,10 +32,11 @@ def test_jax_snippet(tmp_path, monkeypatch):
 
 
 def test_tensorflow_snippet(tmp_path, monkeypatch):
-    encoder, decoder = bert_encoder_config(vocab_size=8000), bert_decoder_config(vocab_size=8000)
-    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+        bert_encoder_config(), bert_decoder_config()
+    )
     model = randomize(transformers.EncoderDecoderModel(config), std=0.25)
-    model.config.decoder_start_token_id, model.config.pad_token_id = 101, 0
+    model.config.decoder_start_token_id, model.config.pad_token_id = 2, 0
     model.save_pretrained(tmp_path / "bert2bert")  # saved by transformers' own class
     monkeypatch.chdir(tmp_path)
     exec(compile(_snippet("TensorFlow").replace("path/to/bert2bert", "bert2bert"), "README.md", "exec"), {})
