@@ -188,6 +188,8 @@ def test_loud_failures(tmp_path):
         model.generate(**numpy_inputs(pair), repetition_penalty=1.3)
     with pytest.raises(ValueError, match=r"pixel_values of size \(16, 16\).*image_size=30"):
         model(np.zeros((1, 3, 16, 16), np.float32), decoder_input_ids=np.array([[1]]))
+    with pytest.raises(ValueError, match=r"labels contains id 99, outside the decoder vocabulary \[0, 99\)"):
+        model(np.zeros((1, 3, 30, 30), np.float32), labels=np.array([[5, 99, -100]]))  # JAX would clamp it
     with pytest.raises(TypeError, match="not generation settings"):
         model.generate(**numpy_inputs(pair), num_beam=3)
     swin = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(

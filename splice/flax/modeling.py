@@ -182,6 +182,7 @@ class FlaxSpliceModel:
         if train and dropout_rng is None:
             raise ValueError("train=True enables dropout: pass `dropout_rng=jax.random.key(...)`.")
         special = self.special_tokens()
+        self._check_ids(inputs, decoder_input_ids, labels)
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("Pass `decoder_input_ids` or `labels`.")
@@ -195,6 +196,21 @@ class FlaxSpliceModel:
                                  _opt(decoder_position_ids), dropout_rng)  # fmt: skip
         loss = None if labels is None else cross_entropy(logits, jnp.asarray(labels))
         return Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=states, loss=loss)
+
+    def _check_ids(self, inputs: Any, decoder_input_ids: Any, labels: Any) -> None:
+        """Ids outside a vocabulary are the PyTorch classes' `ValueError` (JAX would clamp them silently); arrays
+        being traced (inside `jit` / `grad` of the caller) cannot be read and are left to the caller."""
+        import torch
+
+        from ..models.checks import check_ids
+
+        given = [("decoder_input_ids", decoder_input_ids, self.config.decoder.vocab_size, "decoder"),
+                 ("labels", labels, self.config.decoder.vocab_size, "decoder")]  # fmt: skip
+        if self.main_input_name == "input_ids":
+            given.append(("input_ids", inputs, self.config.encoder.vocab_size, "encoder"))
+        for name, ids, vocab_size, part in given:
+            if ids is not None and not isinstance(ids, jax.core.Tracer):
+                check_ids(name, torch.from_numpy(np.asarray(ids).astype(np.int64)), vocab_size, part)
 
     def decoder_attention_mask_from_labels(self, labels: jax.Array, decoder_input_ids: jax.Array) -> jax.Array:
         """The PyTorch class's rule (see `splice.VisionEncoderDecoderModel`): position t > 0 is padding where label
