@@ -8,6 +8,7 @@ model.safetensors, the PyTorch classes' keys), so PyTorch and JAX read each othe
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import Any
@@ -255,8 +256,6 @@ class FlaxSpliceModel:
 
     def search_settings(self, generation_config: GenerationConfig | None = None, **kwargs: Any):
         """The compiled search's settings: the model's generation config, updated with `kwargs` as transformers does."""
-        import copy
-
         config = copy.deepcopy(generation_config or self.generation_config)
         unused = config.update(**kwargs)
         if unused:
@@ -296,7 +295,8 @@ def _opt(x: Any) -> jax.Array | None:
 
 def _rngs(dropout_rng: jax.Array | None, train: bool) -> nnx.Rngs | None:
     """Dropout keys drawn from `dropout_rng` with the "rbg" generator: its masks compile several times faster than
-    threefry's (a training step's first call went from ~12 s to ~4 s on a tiny model), and lower to TensorFlow."""
+    threefry's (measured through jax2tf on a tiny bert2gpt2, loaded machine: first forward 12.2 s -> 4.4 s, first
+    gradient 16.6 s -> 10.5 s), and lower to TensorFlow."""
     if not train:
         return None
     data = jax.random.key_data(dropout_rng) if jnp.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key) else dropout_rng
