@@ -109,7 +109,7 @@ def main(quick: bool = False, output: str = "smallcap-demo") -> dict:
         "b_datastore": Datastore.build(
             [c for r in store_b for c in r["references"]],
             embedder,
-            keys="image",
+            key_kind="image",
             images=[r["image"] for r in store_b for _ in r["references"]],
         ),  # fmt: skip
     }

@@ -177,13 +177,13 @@ def test_image_keys_retrieve_captions_of_the_nearest_image():
     red, blue = solid("red"), solid("blue")
     # One image per caption; an image with several captions is repeated and embedded once.
     captions = ["the first picture", "a picture of something", "the second picture"]
-    datastore = Datastore.build(captions, counting.embedder(), keys="image", images=[red, red, blue])
-    assert counting.images == 2 and counting.texts == 0 and datastore.keys == "image"
+    datastore = Datastore.build(captions, counting.embedder(), key_kind="image", images=[red, red, blue])
+    assert counting.images == 2 and counting.texts == 0 and datastore.key_kind == "image"
 
     assert datastore.retrieve_for_images([solid("red", 0.8)], k=2) == [captions[:2]]
     assert datastore.retrieve_for_images([solid("blue", 0.8)], k=1) == [captions[2:]]
     with pytest.raises(ValueError, match="one per caption"):
-        Datastore.build(captions, counting.embedder(), keys="image", images=[red])
+        Datastore.build(captions, counting.embedder(), key_kind="image", images=[red])
 
 
 def test_retrieve_cached_computes_once_and_reuses(tmp_path):
@@ -246,7 +246,7 @@ def test_cli_build_and_query(clip_dir, tmp_path, capsys):
         + ["--embedder", str(clip_dir), "--output", str(tmp_path / "shapes-store")]
     )
     shapes = Datastore.load(tmp_path / "shapes-store")
-    assert len(shapes) == 15 and shapes.keys == "image" and shapes.groups[::5] == ["0", "1", "2"]
+    assert len(shapes) == 15 and shapes.key_kind == "image" and shapes.groups[::5] == ["0", "1", "2"]
 
     # JSONL with image paths relative to the file.
     rows = [

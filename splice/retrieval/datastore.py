@@ -3,6 +3,10 @@ directory, with cached retrieval for training.
 
 Files written by [`Datastore.save`]: `index.faiss`, `captions.jsonl` (one `{"caption", "group"}` per key, in index
 order) and `datastore.json` (embedder identity, kind of keys, dimension, count, splice version).
+
+Names: a *key* is a vector in the index (one per caption); `key_kind` says what was embedded to make the keys
+(`"text"`: the captions, `"image"`: their images; saved as `"keys"` in `datastore.json`). `image_ids` in
+[`retrieve_cached`] are something else: the cache's name for each query image.
 """
 
 from __future__ import annotations
@@ -42,15 +46,15 @@ class Datastore:
     Captions behind an exact inner-product FAISS index (`faiss.IndexFlatIP`) over L2-normalised keys.
 
     Each key has its caption and an optional group id (e.g. the id of the image the caption describes), used to exclude
-    the query image's own captions in training. Keys are text embeddings of the captions (`keys="text"`, SmallCap's
-    default) or embeddings of images, each stored with one of its captions (`keys="image"`: the captions of the nearest
-    images are retrieved).
+    the query image's own captions in training. Keys are text embeddings of the captions (`key_kind="text"`, SmallCap's
+    default) or embeddings of images, each stored with one of its captions (`key_kind="image"`: the captions of the
+    nearest images are retrieved).
 
     Args:
         index (`faiss.Index`): one vector per caption, in order.
         captions (`list[str]`): the captions.
         groups (`list[str | None]`): the group of each caption.
-        keys (`str`): `"text"` or `"image"`.
+        key_kind (`str`): what the keys embed: `"text"` or `"image"`.
         identity (`dict`): identity of the embedder that made the keys.
         embedder ([`Embedder`], *optional*): embeds query images in [`Datastore.retrieve_for_images`].
     """
@@ -60,7 +64,7 @@ class Datastore:
         index: faiss.Index,
         captions: list[str],
         groups: list[str | None],
-        keys: str,
+        key_kind: str,
         identity: dict[str, Any],
         embedder: Embedder | None = None,
     ):
@@ -68,10 +72,10 @@ class Datastore:
             raise ValueError(
                 f"{index.ntotal} keys, {len(captions)} captions and {len(groups)} groups differ in number."
             )
-        if keys not in KEY_KINDS:
-            raise ValueError(f"keys must be one of {KEY_KINDS}, got {keys!r}")
+        if key_kind not in KEY_KINDS:
+            raise ValueError(f"key_kind must be one of {KEY_KINDS}, got {key_kind!r}")
         self.index, self.captions, self.groups = index, captions, groups
-        self.keys, self.identity, self.embedder = keys, identity, embedder
+        self.key_kind, self.identity, self.embedder = key_kind, identity, embedder
         # With exclusion, fetching k + the largest group's size always leaves k hits from other groups.
         self.max_group_size = max(Counter(g for g in groups if g is not None).values(), default=0)
 
@@ -88,7 +92,7 @@ class Datastore:
         captions: Sequence[str],
         embedder: Embedder,
         groups: Sequence[Any] | None = None,
-        keys: str = "text",
+        key_kind: str = "text",
         images: Sequence[Any] | None = None,
         batch_size: int = 64,
     ) -> Datastore:
@@ -99,9 +103,9 @@ class Datastore:
             captions (`Sequence[str]`): the caption corpus.
             embedder ([`Embedder`]): embeds the keys (and later the queries).
             groups (`Sequence`, *optional*): one group id per caption (stored as `str`), e.g. its image's id.
-            keys (`str`, *optional*, defaults to `"text"`): `"text"` embeds the captions; `"image"` embeds `images`.
-            images (`Sequence`, *optional*): with `keys="image"`, the image of each caption (repeat an image for each of
-                its captions: repeated paths or objects are embedded once).
+            key_kind (`str`, *optional*, defaults to `"text"`): `"text"` embeds the captions; `"image"` embeds `images`.
+            images (`Sequence`, *optional*): with `key_kind="image"`, the image of each caption (repeat an image for
+                each of its captions: repeated paths or objects are embedded once).
             batch_size (`int`, *optional*, defaults to 64): items per embedder call.
 
         Returns:
@@ -111,20 +115,20 @@ class Datastore:
         if not captions:
             raise ValueError("Cannot build a datastore from no captions.")
         groups = _group_ids(groups, len(captions))
-        if keys == "text":
+        if key_kind == "text":
             vectors = embedder.embed_texts(captions, batch_size)  # [N, D]
-        elif keys == "image":
+        elif key_kind == "image":
             if images is None or len(images) != len(captions):
-                raise ValueError("keys='image' needs `images`, one per caption.")
+                raise ValueError("key_kind='image' needs `images`, one per caption.")
             unique: dict[Any, int] = {}
-            rows = [unique.setdefault(_image_key(image), len(unique)) for image in images]  # [N]
+            rows = [unique.setdefault(_same_image(image), len(unique)) for image in images]  # [N]
             distinct = {row: image for row, image in zip(rows, images)}  # row -> one of its (identical) images
             vectors = embedder.embed_images([distinct[row] for row in range(len(unique))], batch_size)[rows]  # [N, D]
         else:
-            raise ValueError(f"keys must be one of {KEY_KINDS}, got {keys!r}")
+            raise ValueError(f"key_kind must be one of {KEY_KINDS}, got {key_kind!r}")
         index = _faiss().IndexFlatIP(vectors.shape[1])
         index.add(vectors)
-        return cls(index, captions, groups, keys, embedder.identity, embedder)
+        return cls(index, captions, groups, key_kind, embedder.identity, embedder)
 
     def save(self, directory: str | os.PathLike) -> None:
         r"""
@@ -143,7 +147,7 @@ class Datastore:
                 file.write(json.dumps({"caption": caption, "group": group}) + "\n")
         meta = {
             "embedder": self.identity,
-            "keys": self.keys,
+            "keys": self.key_kind,
             "dim": self.dim,
             "count": len(self),
             "splice_version": __version__,
@@ -251,7 +255,7 @@ class Datastore:
     @functools.cached_property
     def fingerprint(self) -> str:
         """sha256 of the embedder identity, kind of keys, every key vector, caption and group."""
-        digest = hashlib.sha256(json.dumps([self.identity, self.keys, self.captions, self.groups]).encode())
+        digest = hashlib.sha256(json.dumps([self.identity, self.key_kind, self.captions, self.groups]).encode())
         digest.update(_faiss().vector_to_array(self.index.codes).tobytes())  # raw bytes of the [N, D] keys
         return digest.hexdigest()
 
@@ -265,7 +269,8 @@ def _group_ids(groups: Sequence[Any] | None, count: int) -> list[str | None]:
     return [None if g is None else str(g) for g in groups]
 
 
-def _image_key(image: Any) -> Any:
+def _same_image(image: Any) -> Any:
+    """Equal for the same path or the same image object: repeated images are embedded once."""
     return os.fspath(image) if isinstance(image, str | os.PathLike) else id(image)
 
 
@@ -291,7 +296,8 @@ def load_datastore_for(directory: str | os.PathLike, model: Any = None, image_pr
 
 def read_datastore_meta(directory: str | os.PathLike) -> dict[str, Any]:
     r"""
-    The contents of a saved datastore's `datastore.json` (embedder identity, keys, dim, count, splice version).
+    The contents of a saved datastore's `datastore.json` (embedder identity, `keys` (the key kind), dim, count, splice
+    version).
 
     Args:
         directory (`str` or `os.PathLike`): a directory written by [`Datastore.save`].
@@ -308,7 +314,7 @@ def read_datastore_meta(directory: str | os.PathLike) -> dict[str, Any]:
 def retrieve_cached(
     datastore: Datastore,
     images: Sequence[Any],
-    keys: Sequence[str],
+    image_ids: Sequence[str],
     k: int = 4,
     exclude_groups: Sequence[Any] | None = None,
     cache_path: str | os.PathLike | None = None,
@@ -318,13 +324,14 @@ def retrieve_cached(
     [`Datastore.retrieve_for_images`], computed once per image and datastore and kept in a JSON file, so later epochs
     and runs reuse the retrieved captions without embedding the images again.
 
-    Entries are stored under the datastore's fingerprint and `k`, then the image key; each remembers its excluded
+    Entries are stored under the datastore's fingerprint and `k`, then the image id; each remembers its excluded
     group, and an entry asked for with another exclusion is recomputed. The file is replaced atomically.
 
     Args:
         datastore ([`Datastore`]): with an embedder.
         images (`Sequence`): PIL images or paths; only the images missing from the cache are opened.
-        keys (`Sequence[str]`): a stable, unique key per image (e.g. its file name or dataset id).
+        image_ids (`Sequence[str]`): a stable, unique id per image, its entry in the cache (e.g. its file name, dataset
+            id or a hash of its content).
         k (`int`, *optional*, defaults to 4): captions per image.
         exclude_groups (`Sequence`, *optional*): one group id (or `None`) per image.
         cache_path (`str` or `os.PathLike`, *optional*): the JSON file; without it nothing is cached.
@@ -333,23 +340,27 @@ def retrieve_cached(
     Returns:
         `list[list[str]]`: the captions of each image, in order.
     """
-    if len(keys) != len(images):
-        raise ValueError(f"{len(keys)} keys for {len(images)} images.")
-    exclude = _group_ids(exclude_groups, len(keys))
+    if len(image_ids) != len(images):
+        raise ValueError(f"{len(image_ids)} image ids for {len(images)} images.")
+    exclude = _group_ids(exclude_groups, len(image_ids))
     if cache_path is None:
         return datastore.retrieve_for_images(images, k, exclude, batch_size)
     path = Path(cache_path)
     cache = json.loads(path.read_text()) if path.exists() else {}
     entries = cache.setdefault(f"{datastore.fingerprint}/k={k}", {})
-    missing = [i for i, key in enumerate(keys) if key not in entries or entries[key]["exclude"] != exclude[i]]
+    missing = [
+        i
+        for i, image_id in enumerate(image_ids)
+        if image_id not in entries or entries[image_id]["exclude"] != exclude[i]
+    ]
     if missing:
         found = datastore.retrieve_for_images(
             [images[i] for i in missing], k, [exclude[i] for i in missing], batch_size
         )
         for i, captions in zip(missing, found):
-            entries[keys[i]] = {"exclude": exclude[i], "captions": captions}
+            entries[image_ids[i]] = {"exclude": exclude[i], "captions": captions}
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # per process, so writers never interleave
         partial.write_text(json.dumps(cache))
         os.replace(partial, path)
-    return [entries[key]["captions"] for key in keys]
+    return [entries[image_id]["captions"] for image_id in image_ids]

@@ -147,7 +147,7 @@ def build_image_processor(config: TrainConfig, model: SpliceModel):
 
 def derive_max_new_tokens(collator: SpliceCollator, records: list[dict]) -> int:
     """The longest training target in tokens (EOS included): generation never needs more, and is never cut at 20."""
-    return max(len(collator._target_ids(r["text"])) for r in records)
+    return max(len(collator.target_ids(r["text"])) for r in records)
 
 
 def train(config: TrainConfig) -> dict[str, float]:
@@ -295,7 +295,7 @@ def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], 
         else:
             images = [r["image"] for r in records for _ in r.get("references") or [r["text"]]]
             embedder = frozen_encoder_embedder(model.encoder, build_image_processor(config, model))
-            datastore = Datastore.build(captions, embedder, caption_groups, keys="image", images=images)
+            datastore = Datastore.build(captions, embedder, caption_groups, key_kind="image", images=images)
     model.datastore = datastore
     cache = Path(config.output_dir) / "retrieved.json"
     for subset, exclude in ((records, groups), (eval_records, None)):
