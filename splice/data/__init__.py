@@ -9,7 +9,7 @@ retrieved captions: fed to the decoder, never scored) and `"references"` (all re
 from ..conditioning.base import position_limit
 from .collator import SpliceCollator
 from .io import IMAGE_SUFFIXES, UNREADABLE_IMAGE_ERRORS, DataError, keep_readable, open_image
-from .loaders import from_hf_dataset, load_coco_json, load_imagefolder, load_text_pairs
+from .loaders import from_hf_dataset, load_coco_json, load_imagefolder, load_text_pairs, record_references
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -23,4 +23,5 @@ __all__ = [
     "load_text_pairs",
     "open_image",
     "position_limit",
+    "record_references",
 ]

@@ -180,8 +180,8 @@ class SpliceCollator:
         limits = [n for n in (self.max_target_length, self.max_positions) if n is not None]
         return max(min(limits), 1) if limits else None
 
-    def _target_ids(self, text: str) -> list[int]:
-        """The target's token ids, EOS-terminated and cut to fit the limits."""
+    def target_ids(self, text: str) -> list[int]:
+        """The token ids a target trains on: EOS-terminated and cut to fit the limits, as in `targets`."""
         return self._fit(text)[0]
 
     def _fit(self, text: str) -> tuple[list[int], bool]:

@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 CAPTION_COLUMNS = ("text", "caption", "captions", "sentence")
 
 
+def record_references(record: dict) -> list[str]:
+    """Every reference text of a record: its `"references"`, else its one `"text"` (metrics and retrieval use these)."""
+    return record.get("references") or [record["text"]]
+
+
 class _Skipped:
     """Records skipped for an empty target: counted, the first few named in one warning at the end."""
 
