@@ -10,7 +10,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
-from .conditioning import enable_cross_attention, resolve_conditioning
+from .conditioning import resolve_conditioning, strategy
 
 logger = logging.get_logger(__name__)
 
@@ -106,8 +106,7 @@ class SpliceConfig(PreTrainedConfig):
             raise ValueError(f"ctc_weight={self.ctc_weight!r} must be within [0, 1] (0: no CTC head).")
         # Resolved once and saved, so loading a checkpoint never depends on guessing again.
         self.conditioning = self.resolve_auto(self.conditioning, self.decoder)
-        if self.conditioning == "native":
-            enable_cross_attention(self.decoder)
+        strategy(self.conditioning).prepare_decoder_config(self.decoder)
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key in _GENERATION_KEYS and key not in self.__dataclass_fields__:
@@ -174,17 +173,16 @@ class SpliceConfig(PreTrainedConfig):
         r"""
         Build the composite configuration from an encoder configuration and a decoder configuration.
 
-        For `conditioning="native"` the decoder is switched to a decoder with cross-attention
-        (`is_decoder=True`, `add_cross_attention=True`), as transformers' composites do.
+        The conditioning mode prepares the decoder config (`"native"` switches it to a decoder with cross-attention,
+        `is_decoder=True` and `add_cross_attention=True`, as transformers' composites do).
 
         Args:
             encoder_config (`PreTrainedConfig`): the encoder's configuration.
             decoder_config (`PreTrainedConfig`): the decoder's configuration.
             kwargs: composite fields (`conditioning`, special-token ids, ...).
         """
-        if cls.resolve_auto(kwargs.get("conditioning", "auto"), decoder_config) == "native":
-            logger.info("Setting `is_decoder=True` and `add_cross_attention=True` on the decoder config")
-            enable_cross_attention(decoder_config)
+        mode = strategy(cls.resolve_auto(kwargs.get("conditioning", "auto"), decoder_config))
+        mode.prepare_decoder_config(decoder_config)
         return cls(encoder=encoder_config.to_dict(), decoder=decoder_config.to_dict(), **kwargs)
 
 

@@ -37,6 +37,31 @@ def encoder_hidden_size(config: PreTrainedConfig) -> int:
     )
 
 
+def enc_to_dec_projection(encoder_config: PreTrainedConfig, decoder_config: PreTrainedConfig) -> tuple[int, int] | None:
+    """The one rule for `cross_attention_hidden_size` (transformers' composites define it; PyTorch and JAX share it).
+
+    The decoder config's `cross_attention_hidden_size` is the width of the encoder states its cross-attention reads.
+    Unset, the decoder reads states of its own width, so encoder states of another width pass through a projection
+    `enc_to_dec_proj`; set, it must equal the encoder's width and no projection is added (TrOCR's decoder reads its
+    ViT's 768-wide states at width 1024 that way).
+
+    Returns:
+        `(encoder width, decoder width)` of the `enc_to_dec_proj` to add, or `None` when none is needed.
+
+    Raises:
+        `ValueError`: `cross_attention_hidden_size` is set to something other than the encoder's width.
+    """
+    enc_width, dec_width = encoder_hidden_size(encoder_config), decoder_config.hidden_size
+    cross_width = getattr(decoder_config, "cross_attention_hidden_size", None)
+    if cross_width is not None and cross_width != enc_width:
+        raise ValueError(
+            f"The decoder config sets cross_attention_hidden_size={cross_width}, but the encoder's hidden size is "
+            f"{enc_width}. Remove `cross_attention_hidden_size` from the decoder config (splice then adds a "
+            "projection `enc_to_dec_proj`) or set it to the encoder's hidden size."
+        )
+    return (enc_width, dec_width) if cross_width is None and enc_width != dec_width else None
+
+
 def as_token_states(hidden: torch.Tensor) -> torch.Tensor:
     """Token states `[B, S, E]` from an encoder's `last_hidden_state`.
 

@@ -4,8 +4,10 @@
 - `"injected"` ([`Injected`]): splice's gated cross-attention wrapped around the layers of any decoder-only LM;
 - `"prefix"` ([`Prefix`]): projected encoder states prepended to the decoder's input embeddings.
 
-Each strategy builds what it adds to a model (`build`), runs the decoder (`decode`), names the decoder-side parameters
-it trains (`parameter_names`), and says how many cache positions it holds before the text (`cached_prefix_length`).
+Each strategy builds what it adds to a model (`build`) and initialises it (`initialize`), adapts the encoder states
+(`adapt`), runs the decoder (`decode`), names the decoder-side parameters it trains (`parameter_names`), and says how
+many positions it places before the text (`positions_before_text`). A new mode is a `Conditioning` subclass passed to
+`register_conditioning`; the model needs no change.
 """
 
 from __future__ import annotations
@@ -15,13 +17,33 @@ from collections.abc import Collection
 from torch import nn
 from transformers import PreTrainedConfig
 
-from .base import CROSS_ATTENTION_NAMES, Conditioning, enable_cross_attention, has_native_cross_attention
+from .base import (
+    CROSS_ATTENTION_NAMES,
+    Conditioning,
+    enable_cross_attention,
+    has_native_cross_attention,
+    is_cross_attention_name,
+)
 from .injected import Injected
 from .native import Native
 from .prefix import Prefix
 
-CONDITIONINGS = ("native", "injected", "prefix", "auto")
 STRATEGIES: dict[str, Conditioning] = {strategy.name: strategy for strategy in (Native(), Injected(), Prefix())}
+# The built-in values (the command line's choices); `conditionings()` adds modes registered since.
+CONDITIONINGS = (*STRATEGIES, "auto")
+
+
+def conditionings() -> tuple[str, ...]:
+    """Every accepted `conditioning` value: the registered modes and `"auto"`."""
+    return (*STRATEGIES, "auto")
+
+
+def register_conditioning(mode: Conditioning) -> None:
+    """Make `conditioning=mode.name` buildable (a model, its config and checkpoints then accept the name)."""
+    if mode.name == "auto":
+        raise ValueError("'auto' is the rule that picks a mode; a mode cannot be named 'auto'.")
+    STRATEGIES[mode.name] = mode
+
 
 __all__ = [
     "CONDITIONINGS",
@@ -30,7 +52,10 @@ __all__ = [
     "STRATEGIES",
     "conditioning_parameter_names",
     "enable_cross_attention",
+    "conditionings",
     "has_native_cross_attention",
+    "is_cross_attention_name",
+    "register_conditioning",
     "resolve_conditioning",
     "strategy",
 ]
@@ -42,13 +67,13 @@ def resolve_conditioning(
     """The conditioning to build: `"auto"` becomes `"native"` where the decoder has cross-attention, else `"injected"`.
 
     Args:
-        conditioning: `"auto"`, `"native"`, `"injected"` or `"prefix"`.
+        conditioning: `"auto"`, `"native"`, `"injected"`, `"prefix"` or a registered mode.
         decoder: the decoder as built (an instance decides by its modules) or its config (by its family).
         native_families: only these `model_type`s count as native (SmallCap: GPT-2's reduced cross-attention).
     """
-    if conditioning not in CONDITIONINGS:
+    if conditioning not in conditionings():
         raise ValueError(
-            f"conditioning={conditioning!r} is not one of {CONDITIONINGS}: 'native' uses the decoder's own "
+            f"conditioning={conditioning!r} is not one of {conditionings()}: 'native' uses the decoder's own "
             "cross-attention, 'injected' adds splice's, 'prefix' prepends the encoder states to the decoder's "
             "input, 'auto' picks native where the decoder has it, else injected."
         )
@@ -77,8 +102,8 @@ def conditioning_parameter_names(model: nn.Module) -> set[str]:
 
     Returns:
         `set[str]`: dotted names as in `model.named_parameters()`: the strategy's decoder-side parameters (native
-        cross-attention, injected blocks) and every parameter outside the encoder and the decoder (`enc_to_dec_proj`,
-        the prefix projector, modules a subclass adds).
+        cross-attention, injected blocks) and every parameter outside the encoder and the decoder (the modules the
+        strategy built, e.g. `enc_to_dec_proj` or the prefix projector, and modules a subclass adds).
     """
     names = strategy(model.config.conditioning).parameter_names(model)
     names.update(name for name, _ in model.named_parameters() if name.split(".", 1)[0] not in ("encoder", "decoder"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -13,6 +12,11 @@ from transformers.cache_utils import Cache, EncoderDecoderCache
 # How the decoder families with native cross-attention name those modules (GPT-2, BERT: crossattention; BART, TrOCR:
 # encoder_attn).
 CROSS_ATTENTION_NAMES = ("crossattention", "cross_attn", "encoder_attn")
+
+
+def is_cross_attention_name(name: str) -> bool:
+    """Whether a dotted module or parameter name lies inside a decoder's native cross-attention (the one rule)."""
+    return any(fragment in name for fragment in CROSS_ATTENTION_NAMES)
 
 
 _NUM_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -69,7 +73,7 @@ def has_native_cross_attention(decoder: nn.Module | PreTrainedConfig | dict) -> 
     """Whether the decoder has (an instance) or can build (a config: its causal-LM class) cross-attention layers."""
     if isinstance(decoder, nn.Module):
         accepts = "encoder_hidden_states" in inspect.signature(decoder.forward).parameters
-        return accepts and any(any(n in name for n in CROSS_ATTENTION_NAMES) for name, _ in decoder.named_modules())
+        return accepts and any(is_cross_attention_name(name) for name, _ in decoder.named_modules())
     if not isinstance(decoder, PreTrainedConfig):
         return False
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING  # a large import, used rarely
@@ -90,13 +94,37 @@ def self_attention_cache(cache: Cache | None) -> Cache | None:
 
 
 class Conditioning:
-    """How the decoder reads the encoder states. Stateless: one shared instance per mode (`STRATEGIES`)."""
+    """How the decoder reads the encoder states: everything about one mode lives in its strategy.
+
+    A strategy is stateless (one shared instance per mode, `STRATEGIES`); what it adds to a model it returns from
+    `build`, and the model registers those modules under the names given (they are checkpoint keys). The model never
+    names a mode, a mode's module class or a mode's attribute: a new mode is a new subclass registered with
+    `register_conditioning`, and nothing under `splice/models/` changes.
+    """
 
     name: ClassVar[str]
+    # Whether `decode` computes the decoder's position ids itself (the prefix shifts them); else the model derives them
+    # from a left-padded decoder mask during `generate`.
+    sets_position_ids: ClassVar[bool] = False
 
-    def build(self, model: nn.Module) -> None:
-        """Attach what this mode adds to `model` (a `SpliceModel` whose encoder and decoder exist)."""
+    def prepare_decoder_config(self, decoder_config: PreTrainedConfig) -> None:
+        """Adjust the decoder's config before the decoder is built (native: build its cross-attention layers)."""
+
+    def build(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Prepare `model.decoder` for this mode (in place) and return the modules the mode adds to the composite.
+
+        Called once by the model's constructor, after its encoder and decoder exist; the model registers each returned
+        module under its name (a state-dict prefix) and places it on the decoder's device and dtype.
+        """
         raise NotImplementedError
+
+    def initialize(self, model: nn.Module) -> None:
+        """Set the parameters of this mode that a checkpoint did not provide and the decoder's init rule does not
+        know (e.g. gates at zero). Runs inside `model.initialize_weights()`, under `torch.no_grad()`."""
+
+    def adapt(self, model: nn.Module, states: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The encoder states `[B, S, E]` and mask `[B, S]` as this mode's `decode` reads them (default: unchanged)."""
+        return states, mask
 
     def decode(self, model: nn.Module, states: Tensor, mask: Tensor | None, cache: Cache | None, **kwargs: Any) -> Any:
         """Run `model.decoder` on the decoder inputs, reading the adapted encoder states `[B, S, D]`.
@@ -106,12 +134,11 @@ class Conditioning:
         raise NotImplementedError
 
     def parameter_names(self, model: nn.Module) -> set[str]:
-        """Names (as in `model.named_parameters()`) of the decoder-side parameters this mode adds or trains."""
+        """Names (as in `model.named_parameters()`) of the decoder-side parameters this mode adds or trains, besides
+        the modules `build` returned (those are counted by `conditioning_parameter_names`)."""
         return set()
 
-    def cached_prefix_length(self, model: nn.Module, encoder_side: Callable[[], tuple[Tensor, Tensor | None]]) -> int:
-        """How many positions the decoder's cache holds before the text (the prefix mode's prefix).
-
-        `encoder_side()` gives the adapted states and mask `[B, S, D]`, `[B, S]`; only modes that need them call it.
-        """
+    def positions_before_text(self, model: nn.Module, num_states: int | None) -> int | None:
+        """How many decoder positions (cache entries) this mode places before the text, for `num_states` encoder
+        states; `None` when that depends on `num_states` and it is not known yet."""
         return 0

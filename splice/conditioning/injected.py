@@ -404,7 +404,7 @@ def cross_attention_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Param
 class Injected(Conditioning):
     name = "injected"
 
-    def build(self, model: nn.Module) -> None:
+    def build(self, model: nn.Module) -> dict[str, nn.Module]:
         config = model.config
         inject_cross_attention(
             model.decoder,
@@ -414,6 +414,15 @@ class Injected(Conditioning):
             feed_forward=config.cross_attention_feed_forward,
             layers_attr=config.cross_attention_layers_attr,
         )
+        return {}  # the blocks live inside the decoder's layers, PEFT style
+
+    def initialize(self, model: nn.Module) -> None:
+        # The decoder's init rule draws the blocks' projections; the gates start at 0 (identity) unless loaded.
+        for _, layer in cross_attention_layers(model.decoder):
+            block = layer.cross_attention
+            for gate in (block.attn_gate, block.ffn_gate):
+                if gate is not None and not getattr(gate, "_is_hf_initialized", False):
+                    gate.zero_()
 
     def decode(self, model: nn.Module, states: Tensor, mask: Tensor | None, cache: Cache | None, **kwargs: Any) -> Any:
         key_value_cache = None

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor, nn
+from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache
 
 from .._compat import cache_kwargs
-from ..encoders import encoder_hidden_size
-from .base import CROSS_ATTENTION_NAMES, Conditioning, has_native_cross_attention
+from ..encoders import enc_to_dec_projection
+from .base import Conditioning, enable_cross_attention, has_native_cross_attention, is_cross_attention_name
+
+# transformers' name for the projection from the encoder's width to the decoder's (a checkpoint key).
+PROJECTION = "enc_to_dec_proj"
 
 
 def _is_norm(name: str) -> bool:
@@ -19,8 +23,10 @@ def _is_norm(name: str) -> bool:
 class Native(Conditioning):
     name = "native"
 
-    def build(self, model: nn.Module) -> None:
-        config = model.config
+    def prepare_decoder_config(self, decoder_config: PreTrainedConfig) -> None:
+        enable_cross_attention(decoder_config)
+
+    def build(self, model: nn.Module) -> dict[str, nn.Module]:
         if not has_native_cross_attention(model.decoder):
             raise ValueError(
                 f"The decoder {type(model.decoder).__name__} has no cross-attention layers, so "
@@ -29,17 +35,12 @@ class Native(Conditioning):
                 "cross-attention: GPT-2, BERT, RoBERTa, Electra, TrOCR, BART (`BartForCausalLM`), built with "
                 "`add_cross_attention=True` (`from_encoder_decoder_configs` sets it)."
             )
-        enc_width = encoder_hidden_size(config.encoder)
-        dec_width = config.decoder.hidden_size
-        cross_width = getattr(config.decoder, "cross_attention_hidden_size", None)
-        if cross_width is not None and cross_width != enc_width:
-            raise ValueError(
-                f"The decoder config sets cross_attention_hidden_size={cross_width}, but the encoder's hidden size is "
-                f"{enc_width}. Remove `cross_attention_hidden_size` from the decoder config (splice then adds a "
-                "projection `enc_to_dec_proj`) or set it to the encoder's hidden size."
-            )
-        if cross_width is None and enc_width != dec_width:
-            model.enc_to_dec_proj = nn.Linear(enc_width, dec_width)
+        projection = enc_to_dec_projection(model.config.encoder, model.config.decoder)
+        return {} if projection is None else {PROJECTION: nn.Linear(*projection)}
+
+    def adapt(self, model: nn.Module, states: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        projection = getattr(model, PROJECTION, None)
+        return (states if projection is None else projection(states)), mask  # [B, S, D]
 
     def decode(self, model: nn.Module, states: Tensor, mask: Tensor | None, cache: Cache | None, **kwargs: Any) -> Any:
         # The decoder keeps the cross-attention keys/values in `generate`'s `EncoderDecoderCache` itself.
@@ -56,6 +57,5 @@ class Native(Conditioning):
         return {
             f"decoder.{name}"
             for name, _ in model.decoder.named_parameters()
-            if any(fragment in part for part in name.split(".") for fragment in CROSS_ATTENTION_NAMES)
-            and (with_norms or not _is_norm(name))
+            if is_cross_attention_name(name) and (with_norms or not _is_norm(name))
         }

@@ -7,7 +7,6 @@ states) → `[B, P, D]`, with a mask `[B, P]` (padding in the encoder input stay
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,15 +82,19 @@ class PrefixProjector(nn.Module):
             self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
             self.norm = nn.LayerNorm(embed_dim)
 
+    def output_length(self, num_states: int | None) -> int | None:
+        """The number of prefix tokens P for `num_states` encoder states (`None` if that is unknown and needed)."""
+        return self.prefix_length if self.reducer is not None else num_states
+
     def prefix_mask(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The prefix's attention mask `[B, P]` (long), without computing the prefix (decoding steps need only this)."""
-        batch, length = encoder_hidden_states.shape[:2]
+        batch, num_states = encoder_hidden_states.shape[:2]
         if self.reducer is None and encoder_attention_mask is not None:
             # Padding moves to the front (see `forward`): real prefix tokens sit right before the text.
             return torch.sort(encoder_attention_mask.long(), dim=1, stable=True).values
-        length = self.prefix_length if self.reducer is not None else length
+        length = self.output_length(num_states)
         return torch.ones(batch, length, dtype=torch.long, device=encoder_hidden_states.device)
 
     def forward(
@@ -127,24 +130,33 @@ class PrefixProjector(nn.Module):
         return prefix
 
 
+# The projector's name in the composite (a checkpoint key).
+PROJECTOR = "prefix_projector"
+
+
 class Prefix(Conditioning):
     name = "prefix"
+    sets_position_ids = True  # positions count real tokens of the prefix and the text
 
-    def build(self, model: nn.Module) -> None:
+    def build(self, model: nn.Module) -> dict[str, nn.Module]:
         config = model.config
-        num_heads = decoder_dimensions(model.decoder)[1]
-        model.prefix_projector = PrefixProjector(
+        projector = PrefixProjector(
             encoder_hidden_size(config.encoder),
             model.decoder.get_input_embeddings().embedding_dim,
             projector=config.prefix_projector,
             prefix_length=config.prefix_length,
             reducer=config.prefix_reducer,
-            num_heads=num_heads,
+            num_heads=decoder_dimensions(model.decoder)[1],
         )
+        return {PROJECTOR: projector}
 
-    def cached_prefix_length(self, model: nn.Module, encoder_side: Callable[[], tuple[Tensor, Tensor | None]]) -> int:
-        states, mask = encoder_side()
-        return model.prefix_projector.prefix_mask(states, mask).shape[1]
+    def initialize(self, model: nn.Module) -> None:
+        projector = getattr(model, PROJECTOR)
+        if projector.reducer == "resampler" and not getattr(projector.queries, "_is_hf_initialized", False):
+            projector.queries.normal_(0, projector.queries.shape[-1] ** -0.5)
+
+    def positions_before_text(self, model: nn.Module, num_states: int | None) -> int | None:
+        return getattr(model, PROJECTOR).output_length(num_states)
 
     def decode(
         self,
@@ -161,7 +173,7 @@ class Prefix(Conditioning):
         past_length = cache.get_seq_length() if cache is not None else 0
         if inputs_embeds is None:
             inputs_embeds = model.decoder.get_input_embeddings()(input_ids)  # [B, T, D]
-        projector = model.prefix_projector
+        projector = getattr(model, PROJECTOR)
         prefix_mask = projector.prefix_mask(states, mask)  # [B, P]
         prefix_length = prefix_mask.shape[1]
         if past_length == 0:  # the prefix enters once; later steps find it in the KV cache

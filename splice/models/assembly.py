@@ -9,7 +9,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.utils import logging
 
-from ..conditioning import enable_cross_attention
+from ..conditioning import strategy
 from ..encoders import encoder_tower
 
 logger = logging.get_logger(__name__)
@@ -87,9 +87,7 @@ class FromPartsMixin:
                 config.add_cross_attention = False
 
         def decoder_config(config: Any) -> None:
-            if cls.config_class.resolve_auto(conditioning, config) == "native":
-                logger.info("Adding cross-attention layers to the decoder; they start from random weights.")
-                enable_cross_attention(config)
+            strategy(cls.config_class.resolve_auto(conditioning, config)).prepare_decoder_config(config)
 
         encoder = load_part("encoder", encoder_pretrained_model_name_or_path, kwargs_encoder, AutoModel, encoder_config,
                             *model_args)  # fmt: skip

@@ -78,8 +78,9 @@ def check_generate_arguments(model: nn.Module, inputs: Any, generation_config: A
         return
     prompt = kwargs.get("decoder_input_ids")
     start = prompt.shape[1] if prompt is not None else 1
-    if model.config.conditioning == "prefix" and model.config.prefix_length:
-        start += model.config.prefix_length
+    # Positions a mode places before the text; a count that depends on the encoder's output (an unreduced prefix) is
+    # checked at the first step instead (`check_generation_length`).
+    start += model.conditioning.positions_before_text(model, None) or 0
     max_new = setting("max_new_tokens")
     total = start + max_new if max_new is not None else setting("max_length")
     if total is not None and total > limit:
@@ -87,4 +88,17 @@ def check_generate_arguments(model: nn.Module, inputs: Any, generation_config: A
             f"generate(): {start} prompt position(s) + max_new_tokens={max_new} = {total} positions, but the decoder "
             f"{type(model.decoder).__name__} takes {limit}. Lower max_new_tokens to at "
             f"most {limit - start}."
+        )
+
+
+def check_generation_length(model: nn.Module, positions: int) -> None:
+    """At a decoding step: the positions the decoder reads (before the text, prompt and tokens so far) fit its
+    position limit, so a step past it is this error, not an `IndexError` deep in the position embeddings."""
+    limit = position_limit(model.config.decoder)
+    if limit is not None and positions > limit:
+        raise ValueError(
+            f"generate(): this step needs {positions} decoder positions (what the {model.config.conditioning!r} "
+            f"conditioning places before the text, the prompt and the tokens generated so far), but the decoder "
+            f"{type(model.decoder).__name__} takes {limit}. Lower max_new_tokens by at least {positions - limit}, or "
+            "shorten what comes before the text (e.g. `prefix_length` for the prefix mode)."
         )

@@ -138,8 +138,8 @@ class SmallCapModel(VisionEncoderDecoderModel):
             param.requires_grad_(name in trainable)
 
     def _after_conditioning_built(self) -> None:
-        if self.config.conditioning == "native":
-            reduce_gpt2_cross_attention(self.decoder, self.config.cross_attention_reduce_factor)
+        # GPT-2's own cross-attention (native) is narrowed; a decoder without one (injected) has nothing to narrow.
+        reduce_gpt2_cross_attention(self.decoder, self.config.cross_attention_reduce_factor)
 
     def prompts(self, retrieved_captions: Sequence[Sequence[str]] | None, batch_size: int) -> list[str]:
         """One decoder prompt per image from its retrieved captions (or the no-retrieval prompt)."""
@@ -169,9 +169,3 @@ class SmallCapModel(VisionEncoderDecoderModel):
         """
         prompts = self.prompts(retrieved_captions, len(images))
         return inference.caption(self, images, processor or self.processor, prompts, **generate_kwargs)
-
-    def encode_prompts(self, tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start token + prompt ids, left-padded: `decoder_input_ids` and `decoder_attention_mask` `[B, P]`."""
-        return inference.encode_prompts(
-            tokenizer, prompts, self.config.decoder_start_token_id, self.config.pad_token_id
-        )

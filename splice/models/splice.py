@@ -8,6 +8,7 @@ pretrained parts in `models/assembly.py`, one-call inference in `splice/inferenc
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any
 
 import torch
@@ -22,14 +23,12 @@ from .. import inference
 from .._compat import COMPATIBILITY_HINT, TRANSFORMERS_VERSION, cache_kwargs, output_cache, pop_cache
 from ..conditioning import strategy
 from ..conditioning.base import self_attention_cache
-from ..conditioning.injected import GatedCrossAttention
-from ..conditioning.prefix import PrefixProjector
 from ..configuration import SpliceConfig
 from ..encoders import as_token_states, encoder_hidden_size, encoder_tower
 from ..onednn import use_onednn_lm_head
 from ..special_tokens import SPECIAL_TOKENS, validate_token_ids
 from .assembly import FromPartsMixin
-from .checks import check_encoder_inputs, check_generate_arguments, check_ids
+from .checks import check_encoder_inputs, check_generate_arguments, check_generation_length, check_ids
 from .ctc import build_ctc_head, joint_ctc_loss
 from .signature import DECODER_PARAMETERS, FORWARD_DOC, composite_forward
 from .special_tokens import SpecialTokensMixin
@@ -38,8 +37,6 @@ logger = logging.get_logger(__name__)
 
 # Names under which encoders take their main input (`inputs` is the speech composite's generic name).
 _ENCODER_INPUTS = ("pixel_values", "input_ids", "input_values", "input_features", "inputs_embeds", "inputs")
-# Per `generate` call, the adapted encoder states ride on that call's cache (one cache per call: thread-safe).
-_KEPT = "_splice_encoder_side"
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
@@ -115,17 +112,21 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         if type(self) is SpliceModel:
             self.main_input_name = encoder.main_input_name
 
+        # The conditioning strategy prepares the decoder and returns the modules its mode adds (checkpoint names such
+        # as `enc_to_dec_proj`); they live where the decoder lives (a pretrained decoder may be bf16, or on a GPU).
         self.conditioning = strategy(config.conditioning)
-        self.conditioning.build(self)
+        reference = next(decoder.parameters())
+        for name, module in self.conditioning.build(self).items():
+            self.add_module(name, module.to(device=reference.device, dtype=reference.dtype))
         self._after_conditioning_built()
+        self.ctc_head: nn.Module | None = None
         if config.ctc_weight > 0:  # joint CTC–attention training (splice/models/ctc.py); none at 0: nothing changes
             self.ctc_head = build_ctc_head(encoder_hidden_size(encoder.config), decoder.config.vocab_size)
             self.ctc_head.to(device=next(encoder.parameters()).device)
-        # Modules splice adds live where the decoder lives (a pretrained decoder may be bf16, or on a GPU).
-        reference = next(decoder.parameters())
-        for name in ("enc_to_dec_proj", "prefix_projector"):
-            if hasattr(self, name):
-                getattr(self, name).to(device=reference.device, dtype=reference.dtype)
+        # Per `generate` call (one cache per call), the adapted encoder states `_decoder_side_states` computed at its
+        # first step; an entry lives as long as that call's cache, so nothing outlives or crosses calls (thread-safe).
+        self._adapted_states: weakref.WeakKeyDictionary[Cache, tuple] = weakref.WeakKeyDictionary()
+        self._processor: Any = None  # the `processor` property's value, loaded on first use
         self._decoder_takes_position_ids = "position_ids" in inspect.signature(decoder.forward).parameters
         self._encoder_takes_mask = "attention_mask" in inspect.signature(encoder.forward).parameters
         if config.tie_encoder_decoder:
@@ -149,17 +150,10 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
-        # transformers initialises the decoder's modules with the decoder's own rule, which knows nothing of splice's
-        # gates and resampler queries: those missing from a checkpoint are set here (gates at 0: identity).
+        # transformers initialises the decoder's modules with the decoder's own rule, which knows nothing of what a
+        # conditioning mode needs beyond it (gates at 0: identity): the strategy sets those missing from a checkpoint.
         with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, GatedCrossAttention):
-                    for gate in (module.attn_gate, getattr(module, "ffn_gate", None)):
-                        if gate is not None and not getattr(gate, "_is_hf_initialized", False):
-                            gate.zero_()
-                elif isinstance(module, PrefixProjector) and module.reducer == "resampler":
-                    if not getattr(module.queries, "_is_hf_initialized", False):
-                        module.queries.normal_(0, module.queries.shape[-1] ** -0.5)
+            self.conditioning.initialize(self)
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
@@ -238,18 +232,19 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             mask is not None
             and fed is not None
             and "decoder_position_ids" not in model_inputs
-            and self.conditioning.name != "prefix"  # the prefix path counts positions itself
+            and not self.conditioning.sets_position_ids
             and self._decoder_takes_position_ids
             and bool((mask[:, 0] == 0).any())  # once per step, in the loop: forward itself never syncs
         ):
             # Left padding (batched prompts): positions count real tokens, so each sample matches its unpadded self.
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T_total]
             model_inputs["decoder_position_ids"] = positions[:, -fed.shape[1] :]
-        if expected > 0:  # the prefix mode's cache holds the prefix before the text
-            encoder_output, encoder_mask = kwargs["encoder_outputs"][0], kwargs.get("attention_mask")
-            expected += self.conditioning.cached_prefix_length(
-                self, lambda: self._decoder_side_states(encoder_output, encoder_mask, cache)
-            )
+        # A mode may hold positions before the text in the cache (the prefix mode's prefix).
+        num_states = as_token_states(kwargs["encoder_outputs"][0]).shape[1]
+        before_text = self.conditioning.positions_before_text(self, num_states)
+        check_generation_length(self, before_text + input_ids.shape[1])
+        if expected > 0:
+            expected += before_text
         if expected > 0 and held < expected:
             raise RuntimeError(
                 f"Generation is broken with transformers {TRANSFORMERS_VERSION}: this step feeds "
@@ -350,7 +345,7 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             # The mean over target tokens; a batch whose labels are all -100 has loss 0, not 0/0 = NaN.
             count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
             loss = loss / count
-            if getattr(self, "ctc_head", None) is not None and self.config.ctc_weight > 0:
+            if self.ctc_head is not None:
                 states = as_token_states(encoder_outputs[0])  # [B, S, E]: the CTC head reads them before adaptation
                 mask = self._encoder_attention_mask(attention_mask, states)
                 loss = joint_ctc_loss(self.ctc_head, self.config, loss, states, mask, labels, count)
@@ -392,11 +387,10 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             encoder_attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): 1 for real states, 0 for padding.
 
         Returns:
-            The states and mask the decoder side reads (default: `enc_to_dec_proj` when the widths differ).
+            The states and mask the decoder side reads (default: the conditioning mode's `adapt`, e.g. native's
+            `enc_to_dec_proj` when the widths differ).
         """
-        if hasattr(self, "enc_to_dec_proj"):
-            encoder_hidden_states = self.enc_to_dec_proj(encoder_hidden_states)  # [B, S, D]
-        return encoder_hidden_states, encoder_attention_mask
+        return self.conditioning.adapt(self, encoder_hidden_states, encoder_attention_mask)
 
     def _decoder_side_states(
         self, encoder_output: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache | None
@@ -407,13 +401,14 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         adapted states on that cache and later steps take them back, so no projection is recomputed per token and
         nothing outlives the call or is shared between calls.
         """
-        kept = getattr(cache, _KEPT, None)
+        memo = cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        kept = self._adapted_states.get(cache) if memo else None
         if kept is not None and kept[0] is encoder_output:
             return kept[1], kept[2]
         states = as_token_states(encoder_output)  # [B, S, E]
         states, mask = self.adapt_encoder_states(states, self._encoder_attention_mask(attention_mask, states))
-        if cache is not None and not torch.is_grad_enabled():
-            setattr(cache, _KEPT, (encoder_output, states, mask))
+        if memo:
+            self._adapted_states[cache] = (encoder_output, states, mask)
         return states, mask
 
     def _encoder_attention_mask(self, attention_mask: torch.Tensor | None, states: torch.Tensor) -> torch.Tensor | None:
@@ -437,13 +432,13 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
 
         Loaded from the model's directory on first use; assign one to set it.
         """
-        if self.__dict__.get("_processor") is None:
-            self.__dict__["_processor"] = inference.load_processor(self)
-        return self.__dict__["_processor"]
+        if self._processor is None:
+            self._processor = inference.load_processor(self)
+        return self._processor
 
     @processor.setter
     def processor(self, processor: Any) -> None:
-        self.__dict__["_processor"] = processor
+        self._processor = processor
 
     def caption(self, images: Any, processor: Any = None, **generate_kwargs: Any) -> list[str]:
         """Generate text for images in one call (see `splice.inference.caption`)."""

@@ -3,21 +3,17 @@ conditioning parameters."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..conditioning import CROSS_ATTENTION_NAMES, conditioning_parameter_names
+from ..conditioning import conditioning_parameter_names, is_cross_attention_name
 from ..conditioning.injected import find_decoder_layers
-from .freezing import _training_setup, apply_freeze_policy
+from .freezing import apply_freeze_policy
 
 if TYPE_CHECKING:
     from ..models import SpliceModel
-
-
-def _is_native_cross_attention(name: str) -> bool:
-    return any(fragment in part for part in name.split(".") for fragment in CROSS_ATTENTION_NAMES)
 
 
 def _default_lora_targets(model: SpliceModel, excluded: set[str]) -> list[str]:
@@ -43,7 +39,7 @@ def _resolve_lora_targets(model: SpliceModel, target_modules: list[str] | None) 
     excluded = {
         name
         for name, module in model.decoder.named_modules()
-        if _is_native_cross_attention(name)
+        if is_cross_attention_name(name)
         or any(f"decoder.{name}.{param}" in conditioning for param, _ in module.named_parameters())
     }
     if target_modules is None:
@@ -92,7 +88,7 @@ def apply_lora(
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as error:
         raise ImportError("apply_lora needs PEFT: `pip install peft`.") from error
-    if _training_setup(model)["lora"] is not None:
+    if lora_settings(model) is not None:
         raise ValueError("LoRA is already applied to this model; applying it twice is not supported.")
     targets = _resolve_lora_targets(model, target_modules)
     config = LoraConfig(
@@ -104,6 +100,28 @@ def apply_lora(
         fan_in_fan_out=isinstance(model.decoder.get_submodule(targets[0]), Conv1D),
     )
     inject_adapter_in_model(config, model.decoder)
-    _training_setup(model)["lora"] = {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets}
     apply_freeze_policy(model, "encoder+decoder")
     return model
+
+
+def lora_settings(model: SpliceModel) -> dict[str, Any] | None:
+    """
+    The LoRA on the decoder, as `apply_lora`'s arguments, read from the config PEFT keeps on it (`peft_config`).
+
+    Args:
+        model (`SpliceModel`): the composite model.
+
+    Returns:
+        `dict` or `None`: `{"r", "alpha", "dropout", "target_modules"}` (full decoder module names, in module order);
+        `None` when the decoder has no LoRA.
+    """
+    config = getattr(model.decoder, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    targets = set(config.target_modules)
+    return {
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "target_modules": [name for name, _ in model.decoder.named_modules() if name in targets],
+    }
