@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,14 +14,35 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 from ..registry import model_class as registered_model_class
-from .freezing import _training_setup, apply_freeze_policy
-from .lora import apply_lora
+from .freezing import apply_freeze_policy, freeze_policy_of
+from .lora import apply_lora, lora_settings
 
 if TYPE_CHECKING:
     from ..models import SpliceModel
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    r"""
+    How a model was set up for training: what an adapter checkpoint records and [`load_adapter`] replays.
+
+    Args:
+        freeze (`str`, *optional*): the freeze policy its trainable parameters follow (`None`: a hand-picked set, which
+            the adapter's weights name).
+        lora (`dict`, *optional*): the arguments of [`apply_lora`] (`r`, `alpha`, `dropout`, `target_modules`);
+            `None` without LoRA.
+    """
+
+    freeze: str | None = None
+    lora: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, model: SpliceModel) -> TrainingSetup:
+        """The setup the model shows: the policy its `requires_grad` flags follow and the LoRA PEFT put on it."""
+        return cls(freeze=freeze_policy_of(model), lora=lora_settings(model))
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -36,7 +58,12 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def save_adapter(model: SpliceModel, directory: str | os.PathLike, base: str | os.PathLike | dict[str, str]) -> None:
+def save_adapter(
+    model: SpliceModel,
+    directory: str | os.PathLike,
+    base: str | os.PathLike | dict[str, str],
+    setup: TrainingSetup | None = None,
+) -> None:
     """
     Save only the trainable weights, and how to rebuild the frozen model they apply to.
 
@@ -49,6 +76,8 @@ def save_adapter(model: SpliceModel, directory: str | os.PathLike, base: str | o
         base (`str`, `os.PathLike` or `dict`): where the frozen weights come from: the path or hub id of a full
             splice checkpoint (saved before `apply_lora`), or `{"encoder": ..., "decoder": ...}` for a model built
             with `from_encoder_decoder_pretrained`.
+        setup ([`TrainingSetup`], *optional*): the freeze policy and LoRA to record; defaults to
+            `TrainingSetup.of(model)`, what the model shows.
     """
     if isinstance(base, dict):
         if set(base) != {"encoder", "decoder"}:
@@ -63,12 +92,12 @@ def save_adapter(model: SpliceModel, directory: str | os.PathLike, base: str | o
         raise ValueError("The model has no trainable parameters: there is no adapter to save.")
     os.makedirs(directory, exist_ok=True)
     save_file(weights, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    setup = _training_setup(model)
+    setup = setup or TrainingSetup.of(model)
     adapter_config = {
         "base_model": base,
         "splice_config": model.config.to_dict(),
-        "freeze": setup["freeze"],
-        "lora": setup["lora"],
+        "freeze": setup.freeze,
+        "lora": setup.lora,
     }
     with open(os.path.join(directory, ADAPTER_CONFIG_NAME), "w") as f:
         json.dump(adapter_config, f, indent=2, sort_keys=True)

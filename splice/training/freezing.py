@@ -9,7 +9,7 @@ top of that, and an adapter checkpoint ([`splice.training.adapters`]) holds only
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from ..models import SpliceModel
 
 FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
-# Set by `apply_freeze_policy` / `apply_lora` on the model, so `save_adapter` can record how to rebuild it.
-_SETUP_ATTR = "_splice_training_setup"
 
 
 def _is_lora_parameter(name: str) -> bool:
@@ -48,12 +46,6 @@ def trainable_counts(model: nn.Module, verbose: bool = True) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-def _training_setup(model: SpliceModel) -> dict[str, Any]:
-    if _SETUP_ATTR not in model.__dict__:
-        model.__dict__[_SETUP_ATTR] = {"freeze": None, "lora": None}
-    return model.__dict__[_SETUP_ATTR]
-
-
 def apply_freeze_policy(model: SpliceModel, policy: str, verbose: bool = True) -> dict[str, int]:
     """
     Choose which parameters train.
@@ -72,16 +64,38 @@ def apply_freeze_policy(model: SpliceModel, policy: str, verbose: bool = True) -
     """
     if policy not in FREEZE_POLICIES:
         raise ValueError(f"freeze={policy!r} is not one of {FREEZE_POLICIES}.")
+    trains = _trainable_under(model, policy)
+    for name, param in model.named_parameters():
+        param.requires_grad_(trains[name])
+    return trainable_counts(model, verbose)
+
+
+def freeze_policy_of(model: SpliceModel) -> str | None:
+    """
+    The freeze policy the model's trainable parameters follow, read from their `requires_grad`.
+
+    Args:
+        model (`SpliceModel`): the composite model.
+
+    Returns:
+        `str` or `None`: the first of `FREEZE_POLICIES` that trains exactly the parameters that require gradients;
+        `None` for any other (hand-picked) set.
+    """
+    trainable = {name: param.requires_grad for name, param in model.named_parameters()}
+    return next((policy for policy in FREEZE_POLICIES if _trainable_under(model, policy) == trainable), None)
+
+
+def _trainable_under(model: SpliceModel, policy: str) -> dict[str, bool]:
+    """Whether each parameter (by name, shared ones once) trains under `policy`."""
     conditioning = conditioning_parameter_names(model)
     encoder_params = {id(param) for param in model.encoder.parameters()}
+    trains = {}
     for name, param in model.named_parameters():
         if policy == "none":
-            trainable = True
+            trains[name] = True
         elif policy == "encoder":
             # A weight shared with the encoder (tie_encoder_decoder) stays frozen with it.
-            trainable = id(param) not in encoder_params
+            trains[name] = id(param) not in encoder_params
         else:
-            trainable = name in conditioning or _is_lora_parameter(name)
-        param.requires_grad_(trainable)
-    _training_setup(model)["freeze"] = policy
-    return trainable_counts(model, verbose)
+            trains[name] = name in conditioning or _is_lora_parameter(name)
+    return trains
