@@ -24,11 +24,13 @@ def run(args: argparse.Namespace) -> None:
     """Evaluate (SmallCap: with prompts from the datastore saved with the model, if any) and print the metrics."""
     from transformers import AutoModel, AutoTokenizer
 
-    from ..training.config import TrainConfig, loading
-    from ..training.pipeline import evaluate, infer_task, load_records
+    from ..training.config import check_data, coerce_number, loading
+    from ..training.pipeline import evaluate, load_records
+    from ..training.smallcap import DATASTORE_DIR
     from ._inputs import load_model_and_processor
 
-    task = infer_task(TrainConfig(data=args.data, task=args.task, n_eval=args.n, seed=args.seed))  # checks the data
+    task = check_data(args.data, args.task)  # the data source and the task, as `splice train` checks them
+    coerce_number("seed", args.seed)  # the range `splice train` accepts
     # After `import splice`, AutoModel gives the splice class of the checkpoint.
     model, processor = load_model_and_processor(args.model, AutoModel, with_processor=task != "text")
     if task == "text":
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         tokenizer, image_processor = processor.tokenizer, processor.image_processor
     records = load_records(args.data, task, args.n, args.seed, None)
-    datastore_dir = Path(args.model) / "datastore"
+    datastore_dir = Path(args.model) / DATASTORE_DIR
     if hasattr(model, "prompts"):  # SmallCap: retrieval prompts from the datastore saved with the model, if any
         retrieved = [[] for _ in records]
         if datastore_dir.is_dir():

@@ -133,7 +133,26 @@ def data_task(source: str) -> str:
     return "text" if source.endswith(".jsonl") else "caption"
 
 
-def _check_data(name: str, source: str) -> None:
+def check_choice(name: str, value: Any) -> None:
+    """`value` is one of the choices of field `name` (`conditioning`, `freeze`, `task`, `preset`), or not set."""
+    choices, optional = _CHOICES[name]
+    if not (value is None and optional) and value not in choices:
+        raise ConfigError(
+            f"{name}={value!r}: must be one of {', '.join(choices)}"
+            f"{' (or not set)' if optional else ''}; pass e.g. {_flag(name)} {choices[0]}."
+        )
+
+
+def not_a_data_source(name: str, source: str) -> ConfigError:
+    """The error for a `source` of no known kind (not built-in, not a folder, `.json` or `.jsonl`)."""
+    return ConfigError(
+        f"{name}={source!r} is not a data source: use builtin:shapes, builtin:ocr, an image folder with "
+        "metadata.jsonl or metadata.csv, a COCO/Karpathy .json file, or a .jsonl file of source/target pairs."
+    )
+
+
+def check_data_source(name: str, source: str) -> None:
+    """`source` (the value of field or flag `name`) names built-in data, or an existing folder, `.json` or `.jsonl`."""
     if source.startswith("builtin:"):
         if source.split(":", 1)[1] not in BUILTIN_DATA:
             raise ConfigError(
@@ -143,12 +162,40 @@ def _check_data(name: str, source: str) -> None:
         return
     path = Path(source)
     if not path.is_dir() and path.suffix not in (".json", ".jsonl"):
-        raise ConfigError(
-            f"{name}={source!r} is not a data source: use builtin:shapes, builtin:ocr, an image folder with "
-            "metadata.jsonl or metadata.csv, a COCO/Karpathy .json file, or a .jsonl file of source/target pairs."
-        )
+        raise not_a_data_source(name, source)
     if not path.exists():
         raise ConfigError(f"{name}={source!r}: no such file or folder; check the path ({_flag(name)}).")
+
+
+def check_data(data: str, task: str | None = None, eval_data: str | None = None) -> str:
+    r"""
+    Check a data source, the task asked for and a held-out source; return the task (`task`, else the one `data`
+    implies). The one check of `TrainConfig` (training) and `splice eval` (no training config).
+
+    Raises:
+        `ConfigError`: a source of no known kind or missing, a task that is not one of `TASKS` or does not fit the
+            data (text pairs vs images), or `eval_data` of another kind than `data`.
+    """
+    check_data_source("data", data)
+    implied = data_task(data)
+    if eval_data is not None:
+        check_data_source("eval_data", eval_data)
+        if (data_task(eval_data) == "text") != (implied == "text"):
+            kinds = ("text pairs", "images") if implied == "text" else ("images", "text pairs")
+            raise ConfigError(
+                f"eval_data={eval_data!r} holds {kinds[1]} but data={data!r} holds {kinds[0]}; "
+                "evaluate on data of the same kind as the training data."
+            )
+    if task is None:
+        return implied
+    check_choice("task", task)
+    if (task == "text") != (implied == "text"):
+        holds = "text pairs" if implied == "text" else "images"
+        raise ConfigError(
+            f"task={task!r} does not fit data={data!r}: that data holds {holds}, which implies "
+            f"task={implied!r}; pass --task {implied} or drop --task (it is inferred from the data)."
+        )
+    return task
 
 
 def load_failure(name: str, spec: Any, error: BaseException, what: str = "model") -> str:
@@ -252,13 +299,8 @@ class TrainConfig:
         for name in _NUMBERS:
             setattr(self, name, coerce_number(name, getattr(self, name)))
         self.image_size = coerce_image_size(self.image_size)
-        for name, (choices, optional) in _CHOICES.items():
-            value = getattr(self, name)
-            if not (value is None and optional) and value not in choices:
-                raise ConfigError(
-                    f"{name}={value!r}: must be one of {', '.join(choices)}"
-                    f"{' (or not set)' if optional else ''}; pass e.g. {_flag(name)} {choices[0]}."
-                )
+        for name in _CHOICES:
+            check_choice(name, getattr(self, name))
         for name in _BOOLS:
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
@@ -292,22 +334,7 @@ class TrainConfig:
                 setattr(self, name, dict(value))
             elif not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name}={value!r}: must be a checkpoint or a config dict; {fix}.")
-        _check_data("data", self.data)
-        implied = data_task(self.data)
-        if self.eval_data is not None:
-            _check_data("eval_data", self.eval_data)
-            if (data_task(self.eval_data) == "text") != (implied == "text"):
-                kinds = ("text pairs", "images") if implied == "text" else ("images", "text pairs")
-                raise ConfigError(
-                    f"eval_data={self.eval_data!r} holds {kinds[1]} but data={self.data!r} holds {kinds[0]}; "
-                    "evaluate on data of the same kind as the training data."
-                )
-        if self.task is not None and (self.task == "text") != (implied == "text"):
-            holds = "text pairs" if implied == "text" else "images"
-            raise ConfigError(
-                f"task={self.task!r} does not fit data={self.data!r}: that data holds {holds}, which implies "
-                f"task={implied!r}; pass --task {implied} or drop --task (it is inferred from the data)."
-            )
+        check_data(self.data, self.task, self.eval_data)
         return self
 
     @classmethod

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging
+
+from ..data.io import open_image
+
+if TYPE_CHECKING:
+    from ..data import SpliceCollator
+    from .config import TrainConfig
 
 logger = logging.get_logger(__name__)
 
@@ -302,3 +308,48 @@ def cached_batch(cache: FeatureCache, batch: dict[str, Any], items_key: str = "p
     features = cache.get([cache.key(item) for item in items])  # [B, S, E] or [B, E, H, W]
     batch["encoder_outputs"] = BaseModelOutput(last_hidden_state=features)
     return batch
+
+
+class CachedFeaturesCollator:
+    r"""
+    Targets from the records, encoder outputs from the feature cache: the frozen encoder does not run in training.
+
+    Args:
+        cache (`FeatureCache`): built on every record's image.
+        collator (`SpliceCollator`): makes the targets.
+    """
+
+    def __init__(self, cache: FeatureCache, collator: SpliceCollator):
+        self.cache, self.collator = cache, collator
+
+    def __call__(self, records: list[dict]) -> dict[str, Any]:
+        batch = self.collator.targets(records) | {"images": [r["image"] for r in records]}
+        return cached_batch(self.cache, batch, items_key="images")
+
+
+def cache_encoder_features(
+    model: nn.Module, collator: SpliceCollator, records: list[dict], config: TrainConfig, args: Any
+) -> CachedFeaturesCollator:
+    r"""
+    Encode every record's image once with the frozen encoder (main process first), and collate from the cache.
+
+    Args:
+        model: the composite, its encoder frozen.
+        collator (`SpliceCollator`): makes the targets; its image processor preprocesses the images.
+        records (`list[dict]`): every record the run reads (training and held-out).
+        config (`TrainConfig`): the cache lives in `output_dir/feature-cache`; `batch_size` images per encoder call.
+        args (`TrainingArguments`): the main process builds the cache first.
+    """
+    processor = collator.image_processor
+    cache = FeatureCache(
+        Path(config.output_dir) / "feature-cache",
+        model.encoder,
+        batch_size=config.batch_size,
+        preprocessing=processor.to_json_string(),
+    )
+    with args.main_process_first(desc="encoder feature cache"):
+        cache.build(
+            [r["image"] for r in records],
+            lambda images: processor([open_image(i) for i in images], return_tensors="pt"),
+        )
+    return CachedFeaturesCollator(cache, collator)

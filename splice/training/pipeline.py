@@ -1,4 +1,9 @@
-"""`splice train`: encoder + decoder + conditioning + freeze policy + data → `Seq2SeqTrainer`, then evaluation.
+"""`splice train`: a run is built, then run.
+
+[`build_run`] makes what a run needs, one named step each: load the data, build the tokenizer and the model, apply
+the training policies (freeze, LoRA), set the generation defaults, let the preset prepare its records (SmallCap:
+retrieval prompts, see `training.smallcap`), build the trainer (on cached encoder features when the encoder is frozen).
+[`run_training`] trains (resuming if asked), evaluates against every reference and saves. [`train`] is the two.
 
 Runs unchanged on one process, under `torchrun --nproc_per_node N` and under `accelerate launch` (CPU: gloo).
 """
@@ -9,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,20 +32,132 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..conditioning import resolve_conditioning
-from ..data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs, open_image
+from ..data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs, record_references
 from ..data.builtin import make_dataset, train_tokenizer
 from ..inference import generate_for_records
-from ..models import EncoderDecoderModel, SmallCapModel, SpliceModel, VisionEncoderDecoderModel
+from ..models import EncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
 from ..processing import SpliceProcessor
-from ..retrieval import Datastore, Embedder, frozen_encoder_embedder, retrieve_cached
-from .config import PRESETS, TASKS, ConfigError, TrainConfig, data_task, loading
-from .feature_cache import FeatureCache, cached_batch, content_key
+from ..retrieval import Datastore
+from . import smallcap
+from .config import TrainConfig, data_task, loading, not_a_data_source
+from .feature_cache import cache_encoder_features
 from .freezing import apply_freeze_policy, trainable_counts
 from .lora import apply_lora
 from .metrics import build_compute_metrics, caption_metrics, ocr_metrics
 from .trainer import SpliceTrainer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingRun:
+    r"""
+    What [`build_run`] makes for one run; [`run_training`] trains, evaluates and saves it.
+
+    Args:
+        config (`TrainConfig`): the run's settings.
+        task (`str`): `"caption"`, `"ocr"` or `"text"`.
+        records, eval_records (`list[dict]`): the training and held-out records (SmallCap: with their prompts).
+        tokenizer: the decoder's tokenizer.
+        image_processor: the encoder's (`None` for text).
+        model (`SpliceModel`): with its training policies applied.
+        trainer (`SpliceTrainer`): set up on the records.
+        trainable_parameters (`int`): after the freeze policy and LoRA.
+        datastore (`Datastore`, *optional*): SmallCap's, saved with the model.
+    """
+
+    config: TrainConfig
+    task: str
+    records: list[dict]
+    eval_records: list[dict]
+    tokenizer: Any
+    image_processor: Any
+    model: SpliceModel
+    trainer: SpliceTrainer
+    trainable_parameters: int
+    datastore: Datastore | None = None
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    r"""
+    Train and evaluate; save the model and its processor to `config.output_dir`.
+
+    Returns:
+        The held-out metrics (all references per item).
+    """
+    return run_training(build_run(config))
+
+
+def build_run(config: TrainConfig) -> TrainingRun:
+    """Everything one run needs, step by step (see the module docstring); nothing trains yet."""
+    torch.manual_seed(config.seed)
+    task = config.task or data_task(config.data)
+    records, eval_records = load_data(config, task)
+    tokenizer = build_tokenizer(config, records, task)
+    model = build_model(config, tokenizer, task)
+    model, trainable = apply_training_policies(model, config)
+    image_processor = build_image_processor(config, model) if task != "text" else None
+    collator = SpliceCollator.for_model(model, tokenizer, image_processor)
+    set_generation_defaults(model, config, collator, records)
+    datastore = None
+    if config.preset == "smallcap":
+        records, eval_records, datastore = smallcap.add_retrieval_prompts(
+            model, records, eval_records, config, image_processor
+        )
+    args = training_arguments(config)
+    if config.feature_cache and task != "text" and not any(p.requires_grad for p in model.encoder.parameters()):
+        collator = cache_encoder_features(model, collator, records + eval_records, config, args)
+    trainer = SpliceTrainer(
+        model=model,
+        processor=SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer,
+        args=args,
+        train_dataset=records,
+        eval_dataset=eval_records,
+        data_collator=collator,
+        compute_metrics=_one_reference(build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption")),
+    )
+    return TrainingRun(
+        config, task, records, eval_records, tokenizer, image_processor, model, trainer, trainable, datastore
+    )
+
+
+def run_training(run: TrainingRun) -> dict[str, float]:
+    """Train (from the last checkpoint with `resume`), score the held-out records, save; the held-out metrics."""
+    config = run.config
+    resume = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
+    if config.resume and resume is None:
+        raise ValueError(
+            f"--resume: no checkpoint-N directory in {config.output_dir!r} to resume from. Drop --resume to start a "
+            "new run there."
+        )
+    run.trainer.train(resume_from_checkpoint=resume)
+    metrics = evaluate(run.model, run.eval_records, run.tokenizer, run.image_processor, run.task, config.batch_size)
+    if run.trainer.is_world_process_zero():
+        save_run(run, metrics)
+    return metrics
+
+
+def save_run(run: TrainingRun, metrics: dict[str, float]) -> None:
+    """Print the held-out metrics; save the model, its processor, the datastore (SmallCap) and `eval_metrics.json`."""
+    output_dir = Path(run.config.output_dir)
+    print(f"final held-out metrics, {references_label(run.eval_records)}: {metrics}", file=sys.stderr)
+    run.model.save_pretrained(output_dir)
+    run.trainer.processor.save_pretrained(output_dir)
+    if run.datastore is not None:
+        smallcap.save_datastore(run.datastore, output_dir)
+    with open(output_dir / "eval_metrics.json", "w", encoding="utf-8") as f:
+        json.dump(metrics | {"trainable_parameters": run.trainable_parameters}, f, indent=2)
+
+
+def load_data(config: TrainConfig, task: str) -> tuple[list[dict], list[dict]]:
+    """The training records and the held-out ones (`eval_data`, else built-in data with another seed, else `data`)."""
+    records = load_records(config.data, task, config.n_train, config.seed, config.image_size, config.data_options)
+    if config.eval_data is None:
+        warn_eval_data(config)
+    eval_records = load_records(
+        config.eval_data or config.data, task, config.n_eval, config.seed + 1, config.image_size, config.data_options
+    )
+    return records, eval_records
 
 
 def load_records(
@@ -64,22 +182,10 @@ def load_records(
         return load_text_pairs(path)
     if path.suffix == ".json":
         return load_coco_json(path)
-    raise ValueError(
-        f"data={source!r} is not a data source: use builtin:shapes, builtin:ocr, an image folder with metadata.jsonl "
-        "or metadata.csv, a COCO/Karpathy .json file, or a .jsonl file of source/target pairs."
-    )
+    raise not_a_data_source("data", source)
 
 
-def infer_task(config: TrainConfig) -> str:
-    """`config.task`, else the task the data implies (`TrainConfig` checks that a given task fits the data)."""
-    if config.task is not None:
-        if config.task not in TASKS:
-            raise ConfigError(f"task={config.task!r} is not one of {TASKS}.")
-        return config.task
-    return data_task(config.data)
-
-
-def build_tokenizer(config: TrainConfig, records: list[dict], task: str):
+def build_tokenizer(config: TrainConfig, records: list[dict], task: str) -> Any:
     """The tokenizer given, else the decoder checkpoint's, else one trained on the training targets."""
     if config.tokenizer is not None:
         with loading("tokenizer", config.tokenizer, "tokenizer"):
@@ -90,7 +196,7 @@ def build_tokenizer(config: TrainConfig, records: list[dict], task: str):
     return train_tokenizer([r["text"] for r in records], kind="char" if task == "ocr" else "word")
 
 
-def _part(spec: str | dict, auto_class: Any, name: str = "encoder", **config_overrides: Any):
+def _part(spec: str | dict, auto_class: Any, name: str = "encoder", **config_overrides: Any) -> Any:
     """A model from a checkpoint, or from random weights when `spec` is a config dict with `model_type`."""
     if isinstance(spec, dict):
         values = dict(spec)
@@ -104,13 +210,12 @@ def _part(spec: str | dict, auto_class: Any, name: str = "encoder", **config_ove
 
 
 def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
-    """The composite model, its vocabulary sized to the tokenizer and its special tokens taken from it."""
-    if config.preset is not None and config.preset not in PRESETS:
-        raise ValueError(f"preset={config.preset!r} is not known; the presets are: {', '.join(PRESETS)}.")
+    """The composite model (the preset's class, else the task's), its vocabulary sized to the tokenizer and its special
+    tokens taken from it."""
     if config.preset == "smallcap":
-        model_class = SmallCapModel
+        model_class, preset_fields = smallcap.MODEL_CLASS, smallcap.model_fields(config)
     else:
-        model_class = EncoderDecoderModel if task == "text" else VisionEncoderDecoderModel
+        model_class, preset_fields = (EncoderDecoderModel if task == "text" else VisionEncoderDecoderModel), {}
     decoder_overrides: dict[str, Any] = {}
     if isinstance(config.decoder, dict):
         decoder_overrides["vocab_size"] = len(tokenizer)
@@ -124,9 +229,12 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
         decoder_overrides |= {"is_decoder": True, "add_cross_attention": True}
     encoder = _part(config.encoder, AutoModel, "encoder")
     decoder = _part(config.decoder, AutoModelForCausalLM, "decoder", **decoder_overrides)
-    extra = {"retrieval_k": config.retrieval_k} if config.preset == "smallcap" else {}
     model = model_class.from_encoder_decoder_pretrained(
-        encoder_model=encoder, decoder_model=decoder, conditioning=config.conditioning, **extra, **config.model_kwargs
+        encoder_model=encoder,
+        decoder_model=decoder,
+        conditioning=config.conditioning,
+        **preset_fields,
+        **config.model_kwargs,
     )
     if len(tokenizer) > model.config.decoder.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
@@ -134,7 +242,21 @@ def build_model(config: TrainConfig, tokenizer: Any, task: str) -> SpliceModel:
     return model
 
 
-def build_image_processor(config: TrainConfig, model: SpliceModel):
+def apply_training_policies(model: SpliceModel, config: TrainConfig) -> tuple[SpliceModel, int]:
+    """The freeze policy, then LoRA; the model and its trainable parameter count.
+
+    Without `freeze`, the model's own default: everything trains, except in SmallCap (which freezes itself). LoRA
+    trains with the conditioning layers only.
+    """
+    counts = apply_freeze_policy(model, config.freeze) if config.freeze is not None else trainable_counts(model)
+    if config.lora_rank:
+        model = apply_lora(model, r=config.lora_rank)
+        counts = trainable_counts(model, verbose=False)
+    return model, counts["trainable"]
+
+
+def build_image_processor(config: TrainConfig, model: SpliceModel) -> Any:
+    """The encoder checkpoint's image processor, else a ViT one sized to a from-scratch encoder."""
     if isinstance(config.encoder, str):
         with loading("encoder", config.encoder, "image processor"):
             return AutoImageProcessor.from_pretrained(config.encoder)
@@ -145,45 +267,22 @@ def build_image_processor(config: TrainConfig, model: SpliceModel):
     return ViTImageProcessor(size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
+def set_generation_defaults(
+    model: SpliceModel, config: TrainConfig, collator: SpliceCollator, records: list[dict]
+) -> None:
+    """`max_new_tokens` (given, else the longest training target) and `num_beams` in the model's generation config."""
+    model.generation_config.max_new_tokens = config.max_new_tokens or derive_max_new_tokens(collator, records)
+    model.generation_config.num_beams = config.num_beams
+
+
 def derive_max_new_tokens(collator: SpliceCollator, records: list[dict]) -> int:
     """The longest training target in tokens (EOS included): generation never needs more, and is never cut at 20."""
     return max(len(collator.target_ids(r["text"])) for r in records)
 
 
-def train(config: TrainConfig) -> dict[str, float]:
-    r"""
-    Train and evaluate; save the model and its processor to `config.output_dir`.
-
-    Returns:
-        The held-out metrics (all references per item).
-    """
-    torch.manual_seed(config.seed)
-    task = infer_task(config)
-    records = load_records(config.data, task, config.n_train, config.seed, config.image_size, config.data_options)
-    eval_source = config.eval_data or config.data
-    if config.eval_data is None:
-        warn_eval_data(config)
-    eval_records = load_records(
-        eval_source, task, config.n_eval, config.seed + 1, config.image_size, config.data_options
-    )
-    tokenizer = build_tokenizer(config, records, task)
-    model = build_model(config, tokenizer, task)
-    # Without `freeze`, the model's own default: everything trains, except in SmallCap (which freezes itself).
-    counts = apply_freeze_policy(model, config.freeze) if config.freeze is not None else trainable_counts(model)
-    if config.lora_rank:
-        model = apply_lora(model, r=config.lora_rank)  # LoRA trains with the conditioning layers only
-        counts = trainable_counts(model, verbose=False)
-    encoder_frozen = not any(param.requires_grad for param in model.encoder.parameters())
-
-    image_processor = build_image_processor(config, model) if task != "text" else None
-    collator = SpliceCollator.for_model(model, tokenizer, image_processor)
-    model.generation_config.max_new_tokens = config.max_new_tokens or derive_max_new_tokens(collator, records)
-    model.generation_config.num_beams = config.num_beams
-
-    prompted = config.preset == "smallcap"
-    if prompted:
-        add_retrieval_prompts(model, records, eval_records, config)
-    args = Seq2SeqTrainingArguments(
+def training_arguments(config: TrainConfig) -> Seq2SeqTrainingArguments:
+    """The `Seq2SeqTrainingArguments` of a run."""
+    return Seq2SeqTrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -196,7 +295,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         logging_steps=config.logging_steps,
         # Prompted (SmallCap) batches teacher-force the prompt and the caption, so they are evaluated after training
         # with `model.caption`, which generates from the prompt alone.
-        eval_strategy="no" if prompted else "epoch",
+        eval_strategy="no" if config.preset == "smallcap" else "epoch",
         save_strategy="epoch",
         save_total_limit=config.save_total_limit,
         predict_with_generate=True,
@@ -208,35 +307,6 @@ def train(config: TrainConfig) -> dict[str, float]:
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
         dataloader_num_workers=0,
     )
-    if config.feature_cache and encoder_frozen and task != "text":
-        collator = cache_encoder_features(model, collator, records + eval_records, config, args)
-    processor = SpliceProcessor(image_processor, tokenizer) if image_processor is not None else tokenizer
-    trainer = SpliceTrainer(
-        model=model,
-        processor=processor,
-        args=args,
-        train_dataset=records,
-        eval_dataset=eval_records,
-        data_collator=collator,
-        compute_metrics=_one_reference(build_compute_metrics(tokenizer, "ocr" if task == "ocr" else "caption")),
-    )
-    resume = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
-    if config.resume and resume is None:
-        raise ValueError(
-            f"--resume: no checkpoint-N directory in {config.output_dir!r} to resume from. Drop --resume to start a "
-            "new run there."
-        )
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = evaluate(model, eval_records, tokenizer, image_processor, task, config.batch_size)
-    if trainer.is_world_process_zero():
-        print(f"final held-out metrics, {references_label(eval_records)}: {metrics}", file=sys.stderr)
-        model.save_pretrained(config.output_dir)
-        processor.save_pretrained(config.output_dir)
-        if prompted and config.retrieval_k:
-            model.datastore.save(Path(config.output_dir) / "datastore")
-        with open(Path(config.output_dir) / "eval_metrics.json", "w", encoding="utf-8") as f:
-            json.dump(metrics | {"trainable_parameters": counts["trainable"]}, f, indent=2)
-    return metrics
 
 
 def warn_eval_data(config: TrainConfig) -> None:
@@ -255,7 +325,7 @@ def warn_eval_data(config: TrainConfig) -> None:
 
 def references_label(records: list[dict]) -> str:
     """How many references each item is scored against, e.g. `"all 5 references per item, 200 items"`."""
-    counts = sorted({len(r.get("references") or [r["text"]]) for r in records})
+    counts = sorted({len(record_references(r)) for r in records})
     per_item = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     plural = "reference" if counts == [1] else "references"
     return f"all {per_item} {plural} per item, {len(records)} items"
@@ -270,77 +340,6 @@ def _one_reference(compute_metrics: Any) -> Any:
     return labelled
 
 
-def add_retrieval_prompts(model, records: list[dict], eval_records: list[dict], config: TrainConfig) -> None:
-    """SmallCap: give every record the captions retrieved for its image and the prompt built from them.
-
-    With the datastore built here from the training captions, a training image never sees its own captions (excluded
-    by group); an external datastore excludes them only where records carry the matching `"group"`. Retrieval runs
-    once per image and datastore, cached next to the run.
-    """
-    if config.retrieval_k == 0:
-        for record in records + eval_records:
-            record["retrieved"], record["prompt"] = [], model.prompts(None, 1)[0]
-        return
-    if config.datastore is not None:
-        datastore = Datastore.load(config.datastore)
-        groups: list[Any] = [r.get("group") for r in records]
-    else:
-        groups = [str(i) for i in range(len(records))]
-        captions = [c for r in records for c in r.get("references") or [r["text"]]]
-        caption_groups = [g for r, g in zip(records, groups) for _ in r.get("references") or [r["text"]]]
-        if config.retrieval_embedder is not None:
-            with loading("retrieval_embedder", config.retrieval_embedder):
-                embedder = Embedder.from_pretrained(config.retrieval_embedder)
-            datastore = Datastore.build(captions, embedder, caption_groups)
-        else:
-            images = [r["image"] for r in records for _ in r.get("references") or [r["text"]]]
-            embedder = frozen_encoder_embedder(model.encoder, build_image_processor(config, model))
-            datastore = Datastore.build(captions, embedder, caption_groups, key_kind="image", images=images)
-    model.datastore = datastore
-    cache = Path(config.output_dir) / "retrieved.json"
-    for subset, exclude in ((records, groups), (eval_records, None)):
-        images = [r["image"] for r in subset]
-        keys = [content_key(image) for image in images]  # by content: a changed data set never reuses stale hits
-        retrieved = retrieve_cached(datastore, images, keys, config.retrieval_k, exclude, cache)
-        for record, captions in zip(subset, retrieved):
-            record["retrieved"] = captions
-            record["prompt"] = model.prompts([captions], 1)[0]
-
-
-class CachedFeaturesCollator:
-    r"""
-    Targets from the records, encoder outputs from the feature cache: the frozen encoder does not run in training.
-
-    Args:
-        cache (`FeatureCache`): built on every record's image.
-        collator (`SpliceCollator`): makes the targets.
-    """
-
-    def __init__(self, cache: Any, collator: SpliceCollator):
-        self.cache, self.collator = cache, collator
-
-    def __call__(self, records: list[dict]) -> dict[str, Any]:
-        batch = self.collator.targets(records) | {"images": [r["image"] for r in records]}
-        return cached_batch(self.cache, batch, items_key="images")
-
-
-def cache_encoder_features(model, collator: SpliceCollator, records: list[dict], config: TrainConfig, args):
-    """Encode every image once with the frozen encoder (main process first), and collate from the cache."""
-    processor = collator.image_processor
-    cache = FeatureCache(
-        Path(config.output_dir) / "feature-cache",
-        model.encoder,
-        batch_size=config.batch_size,
-        preprocessing=processor.to_json_string(),
-    )
-    with args.main_process_first(desc="encoder feature cache"):
-        cache.build(
-            [r["image"] for r in records],
-            lambda images: processor([open_image(i) for i in images], return_tensors="pt"),
-        )
-    return CachedFeaturesCollator(cache, collator)
-
-
 def _reporters() -> list[str]:
     try:
         import tensorboard  # noqa: F401
@@ -349,10 +348,12 @@ def _reporters() -> list[str]:
     return ["tensorboard"]
 
 
-def evaluate(model: SpliceModel, records, tokenizer, image_processor, task: str, batch_size: int = 32) -> dict:
+def evaluate(
+    model: SpliceModel, records: list[dict], tokenizer: Any, image_processor: Any, task: str, batch_size: int = 32
+) -> dict[str, float]:
     """Metrics of the model's generations against every reference of each record."""
     progress = partial(tqdm, desc="generating", leave=False)
     predictions = generate_for_records(model, records, tokenizer, image_processor, batch_size, progress)
     if task == "ocr":
         return ocr_metrics(predictions, [r["text"] for r in records])
-    return caption_metrics(predictions, [r.get("references") or [r["text"]] for r in records])
+    return caption_metrics(predictions, [record_references(r) for r in records])
