@@ -10,16 +10,13 @@ data, save the model with its processor (for `splice caption`) and print a few h
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..training.config import TrainConfig
 
-HELP = "train a small captioner on generated data, offline, and caption samples"
 TASKS = ("shapes", "ocr")
 
 
@@ -153,6 +150,7 @@ def run_demo(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task == "ocr":
         return _run_ocr_demo(output_dir or "splice-demo-ocr", quick, ocr or OCR_DEMO)
+    from ..data import record_references
     from ..models import VisionEncoderDecoderModel
     from ..training.pipeline import load_records, train
 
@@ -167,7 +165,7 @@ def run_demo(
     samples = load_records(config.data, task, 4, seed=config.seed + 2, image_size=config.image_size)
     captions = model.caption([s["image"] for s in samples])
     print(f"\nsplice demo ({task}): {seconds:.0f} s on this machine; model saved to {Path(config.output_dir)}")
-    counts = sorted({len(s.get("references") or [s["text"]]) for s in samples})  # generated alike: same counts
+    counts = sorted({len(record_references(s)) for s in samples})  # generated alike: same counts
     references = f"all {counts[-1]} references" if counts[-1] > 1 else "its 1 reference"
     print(
         f"held-out metrics ({config.n_eval} items, each scored against {references}; the per-epoch eval_*_1ref "
@@ -182,27 +180,29 @@ def _run_ocr_demo(output_dir: str, quick: bool, settings: OcrDemo) -> dict:
     """Train the OCR demo, score it on the held-out sets, print samples; the model is saved for `splice caption`."""
     from ..inference import generate_for_records
     from ..models import VisionEncoderDecoderModel
+    from ..training.epoch_log import log_one_line_per_epoch
     from ..training.metrics import ocr_metrics
-    from ..training.pipeline import load_records, train
+    from ..training.pipeline import build_run, load_records, run_training
 
     if quick:
         settings = dataclasses.replace(settings, n_train=16, n_eval=4, n_held_out=1, epochs=1, batch_size=8)
     config = ocr_train_config(settings, output_dir)
     start = time.time()
     held_out, predictions, references, shown = {}, [], [], []
-    with compact_training_log(config.epochs):
-        train(config)
-        model = VisionEncoderDecoderModel.from_pretrained(config.output_dir)
-        processor = model.processor
-        for i, (name, options) in enumerate(ocr_held_out_sets(settings).items()):
-            records = load_records(config.data, "ocr", settings.n_held_out, settings.seed + 10 + i, None, options)
-            texts = generate_for_records(
-                model, records, processor.tokenizer, processor.image_processor, config.batch_size
-            )
-            truth = [r["text"] for r in records]
-            held_out[name] = ocr_metrics(texts, truth)
-            predictions, references = predictions + texts, references + truth
-            shown += list(zip(texts, truth))[:2]
+    run = build_run(config)
+    # The progress bar and one line per epoch (loss and eval metrics), in place of transformers' log dicts. The loss is
+    # logged at each epoch's end (`logging_steps` in `ocr_train_config`).
+    log_one_line_per_epoch(run.trainer, config.epochs)
+    run_training(run)
+    model = VisionEncoderDecoderModel.from_pretrained(config.output_dir)
+    processor = model.processor
+    for i, (name, options) in enumerate(ocr_held_out_sets(settings).items()):
+        records = load_records(config.data, "ocr", settings.n_held_out, settings.seed + 10 + i, None, options)
+        texts = generate_for_records(model, records, processor.tokenizer, processor.image_processor, config.batch_size)
+        truth = [r["text"] for r in records]
+        held_out[name] = ocr_metrics(texts, truth)
+        predictions, references = predictions + texts, references + truth
+        shown += list(zip(texts, truth))[:2]
     seconds = time.time() - start
     metrics = ocr_metrics(predictions, references)
     print(f"\nsplice demo (ocr): {seconds:.0f} s on this machine; model saved to {Path(config.output_dir)}")
@@ -217,42 +217,6 @@ def _run_ocr_demo(output_dir: str, quick: bool, settings: OcrDemo) -> dict:
     for prediction, truth in shown:
         print(f"  generated: {prediction!r:32} truth: {truth!r}")
     return metrics | {"held_out": held_out, "seconds": seconds, "output_dir": config.output_dir}
-
-
-@contextlib.contextmanager
-def compact_training_log(epochs: float) -> Iterator[None]:
-    """During the block: the progress bar and one line per epoch (loss and eval metrics).
-
-    transformers prints every log as a dict; here its progress callback prints one line at each epoch's evaluation
-    (the training loss logged at that epoch's end, see `logging_steps` in [`ocr_train_config`]). (The repeated
-    "max_new_tokens and max_length" warning is gone at its source: `SpliceTrainer.prediction_step`.)
-    """
-    from transformers import trainer_callback
-
-    # transformers logs through ProgressCallback, or PrinterCallback when its progress bars are off (log level above
-    # warning): both print the one line.
-    originals = {cls: cls.on_log for cls in (trainer_callback.ProgressCallback, trainer_callback.PrinterCallback)}
-    seen: dict[str, float] = {"start": time.time()}
-
-    def on_log(callback, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" in logs:
-            seen["loss"] = logs["loss"]
-        metrics = {k[5:].removesuffix("_1ref"): v for k, v in logs.items() if k.endswith("_1ref")}
-        if metrics and state.is_world_process_zero:
-            loss = f"train loss {seen.pop('loss'):.4f}, " if "loss" in seen else ""
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            line = f"epoch {state.epoch:.0f}/{epochs:g}: {loss}eval {shown} ({time.time() - seen['start']:.0f} s)"
-            bar = getattr(callback, "training_bar", None)
-            (bar.write if bar is not None else print)(line)
-
-    for cls in originals:
-        cls.on_log = on_log
-    try:
-        yield
-    finally:
-        for cls, original in originals.items():
-            cls.on_log = original
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
