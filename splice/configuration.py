@@ -48,9 +48,11 @@ class SpliceConfig(PreTrainedConfig):
             Prefix: reduce the encoder states to this many prefix tokens; `None` keeps one token per state.
         prefix_reducer (`str`, *optional*, defaults to `"pool"`):
             Prefix: `"pool"` (adaptive average pooling) or `"resampler"` (learned queries), with `prefix_length`.
-        cross_attention_hidden_size (`int`, *optional*):
-            Width of the encoder states the decoder's cross-attention expects; when it differs from both the encoder
-            width and unset, splice adds `enc_to_dec_proj`.
+        cross_attention_hidden_size (`int`, *optional*, a field of the decoder config):
+            As transformers defines it: the width of the encoder states the decoder's cross-attention reads. Unset,
+            encoder states of a width other than the decoder's pass through a projection `enc_to_dec_proj`; set, it
+            must equal the encoder's width and no projection is added (TrOCR). One rule for PyTorch and JAX:
+            `splice.encoders.enc_to_dec_projection`.
         decoder_start_token_id, pad_token_id, bos_token_id, eos_token_id (`int`, *optional*):
             Special tokens of the decoder. Left unset, they are inferred (see `splice.special_tokens`) and mirrored into
             the model's `generation_config`.

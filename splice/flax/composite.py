@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..encoders import encoder_hidden_size
+from ..encoders import enc_to_dec_projection, encoder_hidden_size
 from .families import family
 from .nn import Linear, padding_bias
 
@@ -27,16 +27,20 @@ class CompositeModule(nnx.Module):
             )
         if config.tie_encoder_decoder:
             raise ValueError("tie_encoder_decoder=True has no JAX implementation in splice; use the PyTorch classes.")
+        # transformers' rule, shared with PyTorch: `cross_attention_hidden_size` set means "no projection, the
+        # cross-attention reads the encoder's width" (and must equal it); unset, widths differing add `enc_to_dec_proj`.
+        projection = enc_to_dec_projection(config.encoder, config.decoder)
         enc_width, dec_width = encoder_hidden_size(config.encoder), config.decoder.hidden_size
-        cross_width = getattr(config.decoder, "cross_attention_hidden_size", None)
-        if cross_width is not None and cross_width != dec_width:
+        if projection is None and enc_width != dec_width:
             raise ValueError(
-                f"cross_attention_hidden_size={cross_width} differs from the decoder's hidden size {dec_width}: "
-                "splice's JAX decoders read encoder states of their own width. Remove it from the decoder config "
-                "(an `enc_to_dec_proj` then maps the encoder's width)."
+                f"cross_attention_hidden_size={enc_width}: the decoder's cross-attention reads the encoder's "
+                f"{enc_width}-wide states directly, but the JAX {config.decoder.model_type} decoder (as its PyTorch "
+                f"class) reads states of its own width {dec_width}. Remove `cross_attention_hidden_size` from the "
+                "decoder config (an `enc_to_dec_proj` then maps the widths), or use the PyTorch classes for decoders "
+                "whose cross-attention reads another width (TrOCR, BART)."
             )
         self.encoder = family("encoder", config.encoder)(config.encoder, rngs=rngs)
-        self.enc_to_dec_proj = Linear(enc_width, dec_width, rngs=rngs) if enc_width != dec_width else None
+        self.enc_to_dec_proj = Linear(*projection, rngs=rngs) if projection is not None else None
         self.decoder = family("decoder", config.decoder)(config.decoder, rngs=rngs)
 
     def encode(self, inputs: jax.Array, attention_mask: jax.Array | None, rngs: nnx.Rngs | None, dtype) -> jax.Array:

@@ -1,7 +1,7 @@
 """The models: `SpliceModel`, the seed API shells, and the SmallCap preset."""
 
 from . import line_encoder  # noqa: F401  (registers model_type "splice_line_encoder" with AutoModel)
-from .compat import EncoderDecoderModel, SpeechEncoderDecoderModel, VisionEncoderDecoderModel
+from .composites import EncoderDecoderModel, SpeechEncoderDecoderModel, VisionEncoderDecoderModel
 from .smallcap import SmallCapConfig, SmallCapModel
 from .splice import SpliceModel, shift_tokens_right
 

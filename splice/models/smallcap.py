@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 from .. import inference
 from ..conditioning import conditioning_parameter_names
 from ..configuration import VisionEncoderDecoderConfig
-from .compat import VisionEncoderDecoderModel
+from .composites import VisionEncoderDecoderModel
 
 DEFAULT_TEMPLATE = "Similar images show {captions}. This image shows "
 NO_RETRIEVAL_PROMPT = "This image shows "

@@ -1,14 +1,15 @@
 """`SpliceModel`: an encoder joined to a causal-LM decoder, trained and generated like any transformers seq2seq model.
 
-Reading order: construction (the conditioning strategy builds what joins the parts), special tokens, `generate` hooks,
-`forward` (encode → adapt → the strategy decodes → loss). The seed API shells are in `models/compat.py`, assembly from
-pretrained parts in `models/assembly.py`, one-call inference in `splice/inference.py`.
+Reading order: construction (the conditioning strategy builds what joins the parts), special tokens, `generate`
+hooks, `forward` (encode → adapt → the strategy decodes → loss). The seed API shells are in `models/composites.py`,
+assembly from pretrained parts in `models/assembly.py`, one-call inference in `splice/inference.py`.
 """
 
 from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,13 +31,45 @@ from ..special_tokens import SPECIAL_TOKENS, validate_token_ids
 from .assembly import FromPartsMixin
 from .checks import check_encoder_inputs, check_generate_arguments, check_generation_length, check_ids
 from .ctc import build_ctc_head, joint_ctc_loss
-from .signature import DECODER_PARAMETERS, FORWARD_DOC, composite_forward
 from .special_tokens import SpecialTokensMixin
 
 logger = logging.get_logger(__name__)
 
 # Names under which encoders take their main input (`inputs` is the speech composite's generic name).
 _ENCODER_INPUTS = ("pixel_values", "input_ids", "input_values", "input_features", "inputs_embeds", "inputs")
+
+
+_FORWARD_ARGS = """Encode the input (unless `encoder_outputs` is given), then decode.
+
+Args:
+    pixel_values / input_ids / input_values / input_features / inputs: the encoder's input, whichever it takes.
+    attention_mask (`torch.Tensor` of shape `[B, S]`, *optional*): the encoder's padding mask; also passed to
+        the decoder's cross-attention (downsampled for speech encoders).
+    inputs_embeds: the encoder's input embeddings, instead of `input_ids`.
+    decoder_input_ids (`torch.LongTensor` of shape `[B, T]`, *optional*): built from `labels` when omitted
+        (shifted right, -100 replaced by `pad_token_id`).
+    decoder_attention_mask (`torch.Tensor` of shape `[B, T]`, *optional*): when built from labels, positions
+        whose label is -100 are masked.
+    encoder_outputs (`tuple` or `BaseModelOutput`, *optional*): precomputed encoder outputs.
+    past_key_values / cache (`Cache`, *optional*): the decoder's cache (`cache` is transformers 5.24's name).
+    decoder_inputs_embeds: the decoder's input embeddings, instead of `decoder_input_ids`.
+    labels (`torch.LongTensor` of shape `[B, T]`, *optional*): target ids; -100 is ignored by the loss.
+    use_cache, output_attentions, output_hidden_states, return_dict: as in transformers.
+    kwargs: unprefixed keys go to the encoder, `decoder_`-prefixed keys to the decoder.
+
+Returns:
+    `Seq2SeqLMOutput` (or the seed classes' tuple with `return_dict=False`).
+"""
+
+
+def forward_doc(intro: str) -> Callable[[Callable], Callable]:
+    """Give a composite's `forward` its docstring: what its encoder input is, then the arguments all share."""
+
+    def decorate(forward: Callable) -> Callable:
+        forward.__doc__ = f"{intro}\n\n{_FORWARD_ARGS}"
+        return forward
+
+    return decorate
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None):
@@ -255,11 +288,48 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
 
     # -- forward --------------------------------------------------------------------------------------------------
 
-    forward_parameters = (
-        "pixel_values", "input_ids", "attention_mask", "input_values", "input_features", "inputs_embeds",
-        *DECODER_PARAMETERS, "return_dict",
-    )  # fmt: skip
-    forward = composite_forward(forward_parameters, FORWARD_DOC)
+    @forward_doc(
+        "The encoder input is whichever of `pixel_values`, `input_ids`, `input_values`, `input_features` it takes."
+    )
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.BoolTensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        decoder_inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        return self._splice_forward(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            input_values=input_values,
+            input_features=input_features,
+            inputs_embeds=inputs_embeds,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
 
     def _splice_forward(
         self,
@@ -275,7 +345,10 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         return_dict: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
-        """The one forward behind every class's signature: encode, adapt, decode with the strategy, loss."""
+        """The one body behind every class's `forward`: encode, adapt, decode with the strategy, loss.
+
+        Encoder inputs arrive by name in `kwargs` (each class's `forward` names those its encoder family takes).
+        """
         encoder_inputs = {name: kwargs.pop(name) for name in _ENCODER_INPUTS if kwargs.get(name) is not None}
         for name in _ENCODER_INPUTS:
             kwargs.pop(name, None)
