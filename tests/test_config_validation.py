@@ -217,3 +217,20 @@ def test_demo_summary_says_how_many_references(monkeypatch, capsys, tmp_path):
     demo.run_demo("shapes", str(tmp_path), quick=True)
     printed = capsys.readouterr().out
     assert "held-out metrics (4 items, each scored against all 5 references;" in printed and "_1ref" in printed
+
+
+def test_data_checks_are_one_function_without_a_training_config(tmp_path):
+    from splice.training.config import check_data
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"source": "a", "target": "b"}\n')
+    assert check_data("builtin:ocr") == "ocr" and check_data(str(pairs)) == "text"
+    assert check_data("builtin:ocr", "caption") == "caption"
+    for data, task in (("builtin:shapes", "text"), ("builtin:nope", None), (str(tmp_path / "x.txt"), None)):
+        with pytest.raises(ConfigError) as from_check:
+            check_data(data, task)
+        with pytest.raises(ConfigError) as from_config:
+            TrainConfig(data=data, task=task)
+        assert str(from_check.value) == str(from_config.value)
+    with pytest.raises(ConfigError, match="task='captions': must be one of caption, ocr, text"):
+        check_data("builtin:shapes", "captions")

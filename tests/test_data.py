@@ -119,3 +119,13 @@ def test_prompted_targets_pad_with_eos_when_the_tokenizer_has_no_pad_token(token
     collator = SpliceCollator(tokenizer, decoder_start_token_id=1, eos_token_id=2)
     batch = collator.targets([{"text": "a", "prompt": "similar images show"}, {"text": "a red"}])
     assert batch["decoder_input_ids"].tolist() == [[1, 9, 10, 11, 4], [1, 4, 5, 2, 2]]
+
+
+def test_target_ids_are_what_targets_train_on_and_references_default_to_the_text(tokenizer):
+    from splice.data import record_references
+
+    collator = SpliceCollator(tokenizer, decoder_start_token_id=1, eos_token_id=2, max_target_length=3)
+    assert collator.target_ids("a red square") == [4, 5, 2]  # cut to fit, its EOS kept
+    assert collator.targets([{"text": "a red square"}])["labels"].tolist() == [[4, 5, 2]]
+    assert record_references({"text": "a", "references": ["a", "b"]}) == ["a", "b"]
+    assert record_references({"text": "a"}) == record_references({"text": "a", "references": []}) == ["a"]

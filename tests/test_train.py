@@ -124,3 +124,68 @@ def test_distributed_two_processes_on_cpu(tmp_path, launcher):
     state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["global_step"] == 1  # 16 samples / (8 per process x 2 processes)
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_smallcap_prompts_are_new_records_and_the_originals_stay(tmp_path):
+    from splice.training import smallcap
+    from splice.training.config import TrainConfig
+
+    class Prompts:
+        def prompts(self, retrieved, count):
+            return ["This image shows "] * count
+
+    records, eval_records = [{"image": "a.png", "text": "a"}], [{"image": "b.png", "text": "b"}]
+    config = TrainConfig(preset="smallcap", retrieval_k=0, output_dir=str(tmp_path))
+    prompted, eval_prompted, datastore = smallcap.add_retrieval_prompts(Prompts(), records, eval_records, config, None)
+    assert prompted == [{"image": "a.png", "text": "a", "retrieved": [], "prompt": "This image shows "}]
+    assert eval_prompted[0]["prompt"] == "This image shows " and datastore is None
+    assert records == [{"image": "a.png", "text": "a"}] and eval_records == [{"image": "b.png", "text": "b"}]
+
+
+def test_one_line_per_epoch_on_one_trainer_only(tmp_path, capsys):
+    import torch
+    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerState, TrainingArguments
+
+    from splice.training.epoch_log import EpochLogCallback, ProgressBarsCallback, log_one_line_per_epoch
+
+    def trainer(**kwargs):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **kwargs)
+        return Trainer(model=torch.nn.Linear(2, 2), args=args)
+
+    on_log = ProgressCallback.on_log
+    quiet, other, plain = trainer(), trainer(), trainer(disable_tqdm=True)
+    log_one_line_per_epoch(quiet, epochs=2)
+    log_one_line_per_epoch(plain, epochs=2)
+    kinds = {type(c) for c in quiet.callback_handler.callbacks}
+    assert {ProgressBarsCallback, EpochLogCallback} <= kinds and ProgressCallback not in kinds
+    assert ProgressCallback in {type(c) for c in other.callback_handler.callbacks}  # other trainers keep theirs
+    plain_kinds = {type(c) for c in plain.callback_handler.callbacks}
+    assert EpochLogCallback in plain_kinds and not plain_kinds & {PrinterCallback, ProgressBarsCallback}
+    assert ProgressCallback.on_log is on_log  # the class is untouched
+
+    callback = next(c for c in quiet.callback_handler.callbacks if isinstance(c, EpochLogCallback))
+    state = TrainerState(epoch=1.0)
+    callback.on_log(None, state, None, logs={"loss": 1.5})
+    callback.on_log(None, state, None, logs={"eval_cer_1ref": 0.25, "eval_loss": 2.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/2: train loss 1.5000, eval cer 0.2500 (")
+
+
+def test_training_setup_is_read_from_the_model_not_stored_on_it():
+    from tiny import gpt2_config, vit_config
+    from transformers import GPT2LMHeadModel, ViTModel
+
+    from splice.training.adapters import TrainingSetup
+    from splice.training.freezing import apply_freeze_policy
+
+    decoder = GPT2LMHeadModel(gpt2_config(add_cross_attention=True, is_decoder=True))
+    model = splice.VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
+        encoder_model=ViTModel(vit_config()), decoder_model=decoder, conditioning="native"
+    )
+    attributes = set(vars(model))
+    assert TrainingSetup.of(model) == TrainingSetup(freeze="none", lora=None)
+    apply_freeze_policy(model, "encoder", verbose=False)
+    assert TrainingSetup.of(model) == TrainingSetup(freeze="encoder", lora=None)
+    next(model.decoder.parameters()).requires_grad_(False)  # a hand-picked set: no policy
+    assert TrainingSetup.of(model).freeze is None
+    assert set(vars(model)) == attributes
