@@ -2,6 +2,7 @@
 
 import importlib
 
+from ._version import __version__  # noqa: F401 (the package's version, `splice.__version__`)
 from .configuration import EncoderDecoderConfig, SpeechEncoderDecoderConfig, SpliceConfig, VisionEncoderDecoderConfig
 from .models import (
     EncoderDecoderModel,
@@ -13,8 +14,6 @@ from .models import (
 )
 from .processing import SpliceProcessor
 from .registry import register_auto_classes
-
-__version__ = "0.1.0"
 
 register_auto_classes()
 

@@ -14,8 +14,8 @@ from .conditioning import resolve_conditioning, strategy
 
 logger = logging.get_logger(__name__)
 
-# Generation settings that seed-era code (and SmallCap) writes onto `model.config`; transformers v5 refuses them there.
-# splice keeps them aside and the model mirrors them into its `generation_config`.
+# Generation settings that transformers v4-era code (and SmallCap) writes onto `model.config`; transformers v5 refuses
+# them there. splice keeps them aside and the model mirrors them into its `generation_config`.
 _GENERATION_KEYS = frozenset(GenerationConfig._get_default_generation_params()) - {"use_cache"}
 
 
@@ -54,7 +54,7 @@ class SpliceConfig(PreTrainedConfig):
             must equal the encoder's width and no projection is added (TrOCR). One rule for PyTorch and JAX:
             `splice.encoders.enc_to_dec_projection`.
         decoder_start_token_id, pad_token_id, bos_token_id, eos_token_id (`int`, *optional*):
-            Special tokens of the decoder. Left unset, they are inferred (see `splice.special_tokens`) and mirrored into
+            Special tokens of the decoder. Left unset, they are inferred (see `splice.token_ids`) and mirrored into
             the model's `generation_config`.
         tie_encoder_decoder (`bool`, *optional*, defaults to `False`):
             Share the encoder's weights with the decoder's (same architecture only, e.g. bert2bert).

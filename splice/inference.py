@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .data.io import open_image
+from .data_io import open_image
 from .processing import SpliceProcessor, decode_predictions
 
 

@@ -32,8 +32,8 @@ from tiny import decoder_config as decoder_config_of
 from torch import nn
 
 import splice
-import splice.injection
-from splice.injection import cross_attention_kwargs, cross_attention_layers, cross_attention_parameters
+import splice.conditioning.injected
+from splice.conditioning.injected import cross_attention_kwargs, cross_attention_layers, cross_attention_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -669,5 +669,5 @@ def test_gates_missing_from_a_checkpoint_load_as_identity(tmp_path):
     weights = load_file(tmp_path / "model.safetensors")
     save_file({k: v for k, v in weights.items() if ".cross_attention." not in k}, tmp_path / "model.safetensors")
     reloaded = splice.SpliceModel.from_pretrained(tmp_path)
-    gates = [p.item() for n, p in splice.injection.cross_attention_parameters(reloaded) if n.endswith("gate")]
+    gates = [p.item() for n, p in cross_attention_parameters(reloaded) if n.endswith("gate")]
     assert gates == [0.0, 0.0]

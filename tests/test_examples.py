@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import splice
-import splice.injection
+import splice.conditioning.injected
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_smallcap.py"
 
@@ -24,7 +24,7 @@ def test_custom_smallcap_trains_with_seq2seq_trainer_and_reloads():
     example = load_example()
     model = example.build()
     assert model.config.conditioning == "injected" and model.config.cross_attention_reduce_factor == 4
-    expected = sum(p.numel() for _, p in splice.injection.cross_attention_parameters(model))
+    expected = sum(p.numel() for _, p in splice.conditioning.injected.cross_attention_parameters(model))
     expected += sum(p.numel() for p in model.global_proj.parameters())
     result = example.main(steps=30)
     assert result["trainable"] == expected  # only the cross-attention and the subclass's own module train

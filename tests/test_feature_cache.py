@@ -10,8 +10,8 @@ import transformers as T
 from PIL import Image
 
 import splice
-from splice.freezing import apply_freeze_policy
 from splice.training.feature_cache import FeatureCache, cached_batch, encoder_fingerprint
+from splice.training.freezing import apply_freeze_policy
 
 ENCODER = {"hidden_size": 24}
 

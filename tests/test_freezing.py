@@ -11,17 +11,17 @@ from safetensors.torch import load_file, save_file
 from tiny import gpt2_config, llama_config, vit_config
 
 import splice
-from splice.freezing import (
+from splice.conditioning import conditioning_parameter_names
+from splice.conditioning.injected import CrossAttentionLayer
+from splice.training.adapters import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
-    apply_freeze_policy,
-    apply_lora,
-    conditioning_parameter_names,
     load_adapter,
     save_adapter,
     trainable_state_dict,
 )
-from splice.injection import CrossAttentionLayer
+from splice.training.freezing import apply_freeze_policy
+from splice.training.lora import apply_lora
 
 ENC_WIDTH, DEC_WIDTH, LAYERS = 24, 32, 2
 PIXELS = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))

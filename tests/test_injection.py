@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
 from splice._compat import cache_kwargs
-from splice.injection import (
+from splice.conditioning.injected import (
     CrossAttentionLayer,
     GatedCrossAttention,
     cross_attention_kwargs,

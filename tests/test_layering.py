@@ -1,6 +1,7 @@
 """The package's layers import downwards only, with no cycles — function-level imports included (an AST walk)."""
 
 import ast
+import sys
 from pathlib import Path
 
 import splice
@@ -8,12 +9,12 @@ import splice
 PACKAGE = Path(splice.__file__).parent
 # Lower numbers are lower layers: a module may import from its own layer or below, never above.
 LAYERS = {
-    0: ["_compat", "encoders", "special_tokens", "processing", "onednn", "data.io"],
+    0: ["_compat", "_version", "encoders", "token_ids", "processing", "onednn", "data_io"],
     1: ["conditioning", "inference"],
     2: ["configuration", "models", "registry"],
     3: ["data", "retrieval", "training", "flax", "tf"],
     4: ["cli"],
-    5: ["__init__", "injection", "freezing"],  # the package's face and the old import paths (re-exports)
+    5: ["__init__"],  # the package's face
 }
 
 
@@ -101,6 +102,18 @@ def test_no_import_cycles():
 def test_the_walk_sees_function_level_and_relative_imports(tmp_path):
     """The checker itself can fail: an upward import hidden inside a function of a lower layer is found."""
     source = tmp_path / "probe.py"
-    source.write_text("import torch\n\ndef f():\n    from ..cli import main\n    from . import io\n")
-    assert _imports(source, "data.probe") == {"cli", "data.io"}
-    assert _layer("cli") > _layer("data.io")  # so placed in data/, it would be reported upward
+    source.write_text("import torch\n\ndef f():\n    from ..cli import main\n    from . import loaders\n")
+    assert _imports(source, "data.probe") == {"cli", "data.loaders"}
+    assert _layer("cli") > _layer("data")  # so placed in data/, it would be reported upward
+
+
+def test_the_console_script_is_covered_and_imports_only_the_standard_library_at_the_top():
+    """`splice_cli` (installed beside the package, the `splice` script) is the layer above `cli`: the command overview
+    (the one command table) is built from the standard library alone; a chosen command goes through `splice.cli`."""
+    path = PACKAGE.parent / "splice_cli.py"
+    tree = ast.parse(path.read_text())
+    top = {a.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for a in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert top - {"__future__"} <= set(sys.stdlib_module_names), top
+    inner = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert {name for name in inner if name.startswith("splice")} == {"splice.cli"}

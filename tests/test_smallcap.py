@@ -5,7 +5,7 @@ import torch
 import transformers as T
 
 import splice
-import splice.injection
+import splice.conditioning.injected
 from splice.data import SpliceCollator
 from splice.data.builtin import train_tokenizer
 from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel, build_prompt
@@ -66,9 +66,9 @@ def test_frozen_by_default_and_any_decoder_gets_injected_reduced_cross_attention
     model, _ = tiny_model("llama", r=4)
     assert model.config.conditioning == "injected"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    injected = {n for n, _ in splice.injection.cross_attention_parameters(model)}
+    injected = {n for n, _ in splice.conditioning.injected.cross_attention_parameters(model)}
     assert trainable == injected
-    block = next(layer.cross_attention for _, layer in splice.injection.cross_attention_layers(model))
+    block = next(layer.cross_attention for _, layer in splice.conditioning.injected.cross_attention_layers(model))
     assert block.q_proj.out_features == 32 // 4
     gpt2, _ = tiny_model("gpt2", r=4)
     assert gpt2.config.conditioning == "native"
@@ -145,7 +145,8 @@ def test_bad_preset_values_are_explained():
 
 
 def test_adapter_only_checkpoint_of_a_smallcap_model(tmp_path):
-    from splice.freezing import apply_freeze_policy, load_adapter, save_adapter
+    from splice.training.adapters import load_adapter, save_adapter
+    from splice.training.freezing import apply_freeze_policy
 
     model, _ = tiny_model()
     model.save_pretrained(tmp_path / "base")

@@ -16,7 +16,7 @@ import torch
 import transformers
 from torch import nn
 
-from splice.injection import cross_attention_parameters
+from splice.conditioning.injected import cross_attention_parameters
 
 
 @contextlib.contextmanager

@@ -6,15 +6,14 @@ its flags and imports what it runs, so `splice --help` loads neither torch nor t
 
 from __future__ import annotations
 
+import importlib
 import sys
+from types import ModuleType
 
-from splice_cli import overview
+from splice_cli import COMMANDS, overview
 
-from . import caption, datastore, demo, train
-from . import eval as evaluate
-
-# Each module has `add_arguments(parser)` and `run(args)`; the one-line helps are `splice_cli.COMMANDS`.
-COMMANDS = {"demo": demo, "train": train, "caption": caption, "eval": evaluate, "datastore": datastore}
+# The one command table is `splice_cli.COMMANDS` (name -> one-line help); the command `NAME` is the module
+# `splice.cli.NAME`, with `add_arguments(parser)` and `run(args)`.
 
 
 def main(argv: list[str] | None = None, exit_on_error: bool | None = None) -> None:
@@ -36,12 +35,19 @@ def main(argv: list[str] | None = None, exit_on_error: bool | None = None) -> No
     chosen = next((word for word in argv if not word.startswith("-")), None)
     if chosen in COMMANDS:
         commands[chosen].add_argument("-h", "--help", action="help", help="show this help message and exit")
-        COMMANDS[chosen].add_arguments(commands[chosen])
+        command(chosen).add_arguments(commands[chosen])
     args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command].run(args)
+        command(args.command).run(args)
     except ConfigError as error:
         if not exit_on_error:
             raise
         print(f"splice {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def command(name: str) -> ModuleType:
+    """The module of the command `name` (`splice.cli.NAME`)."""
+    if name not in COMMANDS:
+        raise ValueError(f"{name!r} is not a splice command; the commands are {sorted(COMMANDS)}.")
+    return importlib.import_module(f"{__name__}.{name}")

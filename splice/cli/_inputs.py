@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data.io import IMAGE_SUFFIXES
+from ..data_io import IMAGE_SUFFIXES
 from ..training.config import ConfigError, loading
 
 
@@ -84,7 +84,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def readable_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The paths that open as images, and `(path, reason)` for those that do not (skipped, never fatal alone)."""
-    from ..data.io import UNREADABLE_IMAGE_ERRORS, open_image
+    from ..data_io import UNREADABLE_IMAGE_ERRORS, open_image
 
     readable, skipped = [], []
     for path in paths:

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText
 
-    from ..data.io import open_image
+    from ..data_io import open_image
     from ._inputs import expand_inputs, load_model_and_processor, readable_images, report_skipped
 
     paths, skipped = readable_images(expand_inputs(args.inputs))  # before loading the model: bad inputs fail at once

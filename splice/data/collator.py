@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..conditioning.base import position_limit
-from .io import UNREADABLE_IMAGE_ERRORS, DataError, open_image, shorten
+from ..data_io import UNREADABLE_IMAGE_ERRORS, DataError, open_image, shorten
 
 logger = logging.getLogger(__name__)
 

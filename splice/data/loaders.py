@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .io import NAMED_IN_WARNINGS, DataError, keep_readable, parse_json, read_text
+from ..data_io import NAMED_IN_WARNINGS, DataError, keep_readable, parse_json, read_text
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from flax import nnx, struct
 from transformers import GenerationConfig
 
 from ..configuration import EncoderDecoderConfig, SpliceConfig, VisionEncoderDecoderConfig
-from ..special_tokens import resolve_special_tokens, validate_token_ids
+from ..token_ids import resolve_special_tokens, validate_token_ids
 from . import generation
 from .composite import CompositeModule
 from .weights import flatten, match_composite, read_checkpoint, unflatten, write_checkpoint
@@ -249,7 +249,7 @@ class FlaxSpliceModel:
     # ---- generation ---------------------------------------------------------------------------------------------
 
     def special_tokens(self) -> dict[str, Any]:
-        """The special tokens, by splice's one rule (`splice.special_tokens`), validated against the vocabulary."""
+        """The special tokens, by splice's one rule (`splice.token_ids`), validated against the vocabulary."""
         values = resolve_special_tokens(self.config, self.generation_config)
         validate_token_ids(values, self.config.decoder.vocab_size, values.pop("_source"))
         return values

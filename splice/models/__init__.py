@@ -1,4 +1,4 @@
-"""The models: `SpliceModel`, the seed API shells, and the SmallCap preset."""
+"""The models: `SpliceModel`, transformers' composite classes on it, and the SmallCap preset."""
 
 from . import line_encoder  # noqa: F401  (registers model_type "splice_line_encoder" with AutoModel)
 from .composites import EncoderDecoderModel, SpeechEncoderDecoderModel, VisionEncoderDecoderModel

@@ -1,4 +1,5 @@
-"""Assembly from pretrained parts: `from_encoder_decoder_pretrained`, with the seeds' `encoder_` / `decoder_` kwargs."""
+"""Assembly from pretrained parts: `from_encoder_decoder_pretrained`, with transformers' `encoder_` / `decoder_`
+kwargs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seed API shells: transformers' composite classes, same `model_type`s, checkpoints and `forward` signatures.
+"""transformers' composite classes, same `model_type`s, checkpoints and `forward` signatures.
 
 Each fixes its main input, checkpoint format and `forward` (its transformers counterpart's parameters, in that order,
 written out); everything else is `SpliceModel`'s, whose `_splice_forward` is the one body behind every `forward`.

@@ -1,8 +1,9 @@
 """`SpliceModel`: an encoder joined to a causal-LM decoder, trained and generated like any transformers seq2seq model.
 
 Reading order: construction (the conditioning strategy builds what joins the parts), special tokens, `generate`
-hooks, `forward` (encode → adapt → the strategy decodes → loss). The seed API shells are in `models/composites.py`,
-assembly from pretrained parts in `models/assembly.py`, one-call inference in `splice/inference.py`.
+hooks, `forward` (encode → adapt → the strategy decodes → loss). transformers' composite classes are in
+`models/composites.py`, assembly from pretrained parts in `models/assembly.py`, one-call inference in
+`splice/inference.py`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from ..conditioning.base import self_attention_cache
 from ..configuration import SpliceConfig
 from ..encoders import as_token_states, encoder_hidden_size, encoder_tower
 from ..onednn import use_onednn_lm_head
-from ..special_tokens import SPECIAL_TOKENS, validate_token_ids
+from ..token_ids import SPECIAL_TOKENS, validate_token_ids
 from .assembly import FromPartsMixin
 from .checks import check_encoder_inputs, check_generate_arguments, check_generation_length, check_ids
 from .ctc import build_ctc_head, joint_ctc_loss
-from .special_tokens import SpecialTokensMixin
+from .generation_sync import SpecialTokensMixin
 
 logger = logging.get_logger(__name__)
 
@@ -58,7 +59,7 @@ Args:
     kwargs: unprefixed keys go to the encoder, `decoder_`-prefixed keys to the decoder.
 
 Returns:
-    `Seq2SeqLMOutput` (or the seed classes' tuple with `return_dict=False`).
+    `Seq2SeqLMOutput` (or the reference classes' tuple with `return_dict=False`).
 """
 
 
@@ -423,7 +424,7 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
                 mask = self._encoder_attention_mask(attention_mask, states)
                 loss = joint_ctc_loss(self.ctc_head, self.config, loss, states, mask, labels, count)
 
-        if not return_dict:  # the seed classes' tuple: loss, then the decoder's outputs, then the encoder's
+        if not return_dict:  # the reference classes' tuple: loss, then the decoder's outputs, then the encoder's
             return ((loss,) if loss is not None else ()) + decoder_outputs.to_tuple() + encoder_outputs.to_tuple()
         return Seq2SeqLMOutput(
             loss=loss,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._version import __version__
 from .embedder import FROZEN_ENCODER_EMBEDDER, Embedder, _normalised, frozen_encoder_embedder
 
 if TYPE_CHECKING:
@@ -137,8 +138,6 @@ class Datastore:
         Args:
             directory (`str` or `os.PathLike`): where to save.
         """
-        from .. import __version__  # the package's version, set in splice/__init__.py
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _faiss().write_index(self.index, str(directory / INDEX_NAME))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.io import open_image
+from ..data_io import open_image
 
 TextFn = Callable[[list[str]], Any]
 ImageFn = Callable[[list[Image.Image]], Any]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging
 
-from ..data.io import open_image
+from ..data_io import open_image
 
 if TYPE_CHECKING:
     from ..data import SpliceCollator

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..special_tokens import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
+from ..token_ids import SPECIAL_TOKENS, resolve_special_tokens, validate_token_ids
 
 
 class SpecialTokensMixin:
