@@ -103,6 +103,11 @@ class SpliceConfig(PreTrainedConfig):
         return resolve_conditioning(conditioning, decoder, cls.native_families)
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Generation settings assigned on this config (transformers v4-era code), kept aside for the model to mirror
+        # into its generation config, and which of them were assigned since the model last did. Declared before the
+        # base class sets the remaining keyword arguments, which may be such settings.
+        self._generation_overrides: dict[str, Any] = {}
+        self._generation_assigned: set[str] = set()
         super().__post_init__(**kwargs)
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight={self.ctc_weight!r} must be within [0, 1] (0: no CTC head).")
@@ -112,19 +117,19 @@ class SpliceConfig(PreTrainedConfig):
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key in _GENERATION_KEYS and key not in self.__dataclass_fields__:
-            pending = self.__dict__.setdefault("_generation_overrides", {})
-            if not pending:
+            if not self._generation_overrides:
                 logger.info(
                     f"`config.{key}` is a generation setting: splice mirrors it into `model.generation_config` "
                     "(transformers v5 no longer reads generation settings from `model.config`)."
                 )
-            pending[key] = value
-            self.__dict__.setdefault("_generation_assigned", set()).add(key)
+            self._generation_overrides[key] = value
+            self._generation_assigned.add(key)
             return
         super().__setattr__(key, value)
 
     def __getattr__(self, key: str) -> Any:
-        # Only reached when normal lookup fails: serve generation settings kept aside by `__setattr__`.
+        # Only reached when normal lookup fails: serve generation settings kept aside by `__setattr__`. (Read through
+        # `__dict__`: while copying, the declared attributes do not exist yet and must not recurse into here.)
         pending = self.__dict__.get("_generation_overrides", {})
         if key in pending:
             return pending[key]
@@ -136,9 +141,8 @@ class SpliceConfig(PreTrainedConfig):
         They stay readable on the config; only new assignments are reported, so a later edit of `generation_config`
         itself is not overwritten by an old config value, and re-assigning a value mirrors it again.
         """
-        pending = self.__dict__.get("_generation_overrides", {})
-        assigned = self.__dict__.pop("_generation_assigned", set())
-        return {key: pending[key] for key in assigned}
+        assigned, self._generation_assigned = self._generation_assigned, set()
+        return {key: self._generation_overrides[key] for key in assigned}
 
     def _get_generation_parameters(self) -> dict[str, Any]:
         # The generation settings set here are mirrored by the model, so transformers must not refuse them.
@@ -152,7 +156,7 @@ class SpliceConfig(PreTrainedConfig):
 
     @property
     def vocab_size(self) -> int:
-        """The decoder's vocabulary size (seed docs read and assign `model.config.vocab_size`)."""
+        """The decoder's vocabulary size (transformers v4-era code reads and assigns `model.config.vocab_size`)."""
         return self.decoder.vocab_size
 
     @vocab_size.setter
