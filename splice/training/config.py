@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -41,22 +41,32 @@ def _error(name: str, value: Any, allowed: str, example: Any) -> ConfigError:
     return ConfigError(f"{name}={value!r}: {allowed}; pass e.g. {flag} (YAML: `{name}: {example}`).")
 
 
-# Numeric fields: (kind, lower bound, lower bound included, upper bound or None, optional, example).
-_NUMBERS: dict[str, tuple[type, float, bool, float | None, bool, Any]] = {
-    "epochs": (float, 0, False, None, False, 3),
-    "batch_size": (int, 1, True, None, False, 32),
-    "learning_rate": (float, 0, False, None, False, "5e-4"),
-    "weight_decay": (float, 0, True, None, False, 0.01),
-    "warmup_ratio": (float, 0, True, 1, False, 0.05),
-    "n_train": (int, 1, True, None, False, 2000),
-    "n_eval": (int, 1, True, None, False, 200),
-    "max_new_tokens": (int, 1, True, None, True, 32),
-    "num_beams": (int, 1, True, None, False, 4),
-    "lora_rank": (int, 0, True, None, False, 8),
-    "seed": (int, 0, True, 2**32, False, 0),
-    "logging_steps": (int, 1, True, None, False, 25),
-    "save_total_limit": (int, 1, True, None, False, 2),
-    "retrieval_k": (int, 0, True, None, False, 4),
+class NumberField(NamedTuple):
+    """What a numeric field accepts, and an example value for its error message."""
+
+    kind: type  # int or float
+    low: float  # the lower bound
+    example: Any
+    low_included: bool = True
+    high: float | None = None  # the upper bound (excluded), or none
+    optional: bool = False  # whether None (not set) is allowed
+
+
+_NUMBERS: dict[str, NumberField] = {
+    "epochs": NumberField(float, low=0, low_included=False, example=3),
+    "batch_size": NumberField(int, low=1, example=32),
+    "learning_rate": NumberField(float, low=0, low_included=False, example="5e-4"),
+    "weight_decay": NumberField(float, low=0, example=0.01),
+    "warmup_ratio": NumberField(float, low=0, high=1, example=0.05),
+    "n_train": NumberField(int, low=1, example=2000),
+    "n_eval": NumberField(int, low=1, example=200),
+    "max_new_tokens": NumberField(int, low=1, optional=True, example=32),
+    "num_beams": NumberField(int, low=1, example=4),
+    "lora_rank": NumberField(int, low=0, example=8),
+    "seed": NumberField(int, low=0, high=2**32, example=0),
+    "logging_steps": NumberField(int, low=1, example=25),
+    "save_total_limit": NumberField(int, low=1, example=2),
+    "retrieval_k": NumberField(int, low=0, example=4),
 }
 _CHOICES: dict[str, tuple[tuple[str, ...], bool]] = {  # field: (choices, None allowed)
     "conditioning": (CONDITIONINGS, False),
@@ -83,8 +93,9 @@ def _number_text(number: float) -> str:
 
 def coerce_number(name: str, value: Any) -> int | float | None:
     """`value` as the field's kind (numbers given as strings parsed: `"1e-3"` → 0.001), range-checked."""
-    kind, low, closed, high, optional, example = _NUMBERS[name]
-    allowed = _range_text(kind, low, closed, high) + (" (or not set)" if optional else "")
+    field = _NUMBERS[name]
+    kind, example, optional = field.kind, field.example, field.optional
+    allowed = _range_text(kind, field.low, field.low_included, field.high) + (" (or not set)" if optional else "")
     if value is None and optional:
         return None
     number: Any = value
@@ -101,7 +112,8 @@ def coerce_number(name: str, value: Any) -> int | float | None:
         number = int(number)
     else:
         number = float(number)
-    if number < low or (number == low and not closed) or (high is not None and number >= high):
+    low, high = field.low, field.high
+    if number < low or (number == low and not field.low_included) or (high is not None and number >= high):
         raise _error(name, value, allowed, example)
     return number
 
