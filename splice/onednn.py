@@ -3,14 +3,13 @@
 A decode step multiplies a few rows of hidden states by the LM head, a [vocab, hidden] weight far larger than the CPU's
 caches (GPT-2's: 50,257 x 768 floats, 154 MB), so that product is bound by streaming the weight from memory. On x86 CPUs
 PyTorch sends float32 `F.linear` to MKL's GEMM, which on these skinny shapes reaches well under the memory bandwidth;
-oneDNN's matmul on the *same, unpacked* weight is about 2x faster (benchmarks/README.md has the measurements). Nothing
+oneDNN's matmul on the *same, unpacked* weight is faster (benchmarks/README.md has the measurements). Nothing
 is packed or copied, so nothing can go stale when weights change (an in-place write through `.data` does not bump a
 tensor's version counter, so a packed copy could not be trusted).
 
 Only the head is switched: its logits differ from `F.linear`'s by the rounding of one dot product (oneDNN sums in
-another order; about 3e-7 relative in the tests), and generated ids are identical. Switching every linear layer was
-measured too: no clear further gain, and the decoder's later layers amplify the rounding (up to 6e-5 relative on tiny
-random decoders). `torch.backends.mkldnn.enabled = False` (PyTorch's own switch) turns this off.
+another order; tests/test_onednn.py bounds it), and generated ids are identical. Switching every linear layer was
+tried too (benchmarks/README.md): no clear further gain, and the decoder's later layers amplify the rounding. `torch.backends.mkldnn.enabled = False` (PyTorch's own switch) turns this off.
 
 The head is swapped once, when the model is built, for a `OneDNNLinear` sharing its parameters:
 nothing in the module tree changes during `generate` (two threads may generate at once), and checkpoints never see

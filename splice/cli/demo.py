@@ -66,7 +66,7 @@ class OcrDemo:
     encoder_layers: int = 2
     decoder_layers: int = 3
     n_train: int = 16000
-    epochs: float = 8  # 4,000 steps: CER 0.028 in 8 min on 2 idle cores (6 epochs: 0.045 in 5.6 min)
+    epochs: float = 8  # 4,000 steps (the CER / time trade-off per epoch count: benchmarks/README.md, OCR demo)
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_ratio: float = 0.05

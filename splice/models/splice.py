@@ -243,8 +243,8 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
 
         Those are projections of the encoder states, which `generate` repeats per beam, so every beam of an input holds
         the same rows, and beam search only ever moves a beam within its own input: reordering them is an identity
-        that costs a copy of [batch x beams, heads, source length, head dim] per layer and step (half of transformers'
-        beam-4 decoding time at the benchmark's `small` size, in a profile).
+        that costs a copy of [batch x beams, heads, source length, head dim] per layer and step (benchmarks/README.md
+        has the profile).
         """
         self_attention_cache(cache).reorder_cache(beam_idx)
         return cache

@@ -43,7 +43,7 @@ def tokenize_caption(text: str) -> str:
 
 @functools.cache
 def _meteor_scorer() -> Meteor:
-    # The METEOR jar loads its paraphrase tables when it starts (~15 s on two cores), so one Java process is kept for
+    # The METEOR jar loads its paraphrase tables when it starts (seconds), so one Java process is kept for
     # the life of the interpreter and serves every later evaluation.
     from pycocoevalcap.meteor.meteor import Meteor
 
