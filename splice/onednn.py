@@ -9,7 +9,8 @@ tensor's version counter, so a packed copy could not be trusted).
 
 Only the head is switched: its logits differ from `F.linear`'s by the rounding of one dot product (oneDNN sums in
 another order; tests/test_onednn.py bounds it), and generated ids are identical. Switching every linear layer was
-tried too (benchmarks/README.md): no clear further gain, and the decoder's later layers amplify the rounding. `torch.backends.mkldnn.enabled = False` (PyTorch's own switch) turns this off.
+tried too (benchmarks/README.md): no clear further gain, and the decoder's later layers amplify the rounding.
+`torch.backends.mkldnn.enabled = False` (PyTorch's own switch) turns this off.
 
 The head is swapped once, when the model is built, for a `OneDNNLinear` sharing its parameters:
 nothing in the module tree changes during `generate` (two threads may generate at once), and checkpoints never see

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from splice.cli.datastore import add_datastore_parser
+from splice.cli import main
 from splice.retrieval import Datastore, Embedder, retrieve_cached
 
 CORPUS = [
@@ -217,10 +216,7 @@ def test_retrieve_cached_computes_once_and_reuses(tmp_path):
 
 
 def _cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="splice")
-    add_datastore_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.func(args)
+    main(argv)  # the real command line (errors raise: argv is given)
 
 
 def test_cli_build_and_query(clip_dir, tmp_path, capsys):

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from splice_cli import COMMANDS
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`build` and `query` under the `datastore` parser; each sets `args.func`."""
@@ -39,16 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--embedder", default=None, help="default: the checkpoint the datastore was built with")
     query.add_argument("--batch-size", type=int, default=32)
     query.set_defaults(func=datastore_query_command)
-
-
-def add_datastore_parser(subparsers: Any) -> None:
-    r"""
-    Register `datastore build` and `datastore query` on a command's subparsers; each sets `args.func`.
-
-    Args:
-        subparsers: what `parser.add_subparsers()` returns.
-    """
-    add_arguments(subparsers.add_parser("datastore", help=COMMANDS["datastore"]))
 
 
 def run(args: argparse.Namespace) -> None:
