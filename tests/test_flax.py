@@ -206,9 +206,41 @@ def test_loud_failures(tmp_path):
         FlaxVisionEncoderDecoderModel.from_pretrained(other.directory, config=config)
 
 
+@pytest.mark.slow  # a fresh interpreter (`-m slow`, .ci/run's own step)
 def test_import_splice_imports_neither_jax_nor_tensorflow():
     code = (
         "import sys, splice; print('jax' in sys.modules, 'tensorflow' in sys.modules, splice.FlaxEncoderDecoderModel)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False False <class 'splice.flax.modeling.FlaxEncoderDecoderModel'>")
+
+
+def test_compiled_functions_are_shared_by_models_of_one_architecture(tmp_path):
+    """A second model of the same configuration (another seed, a reload) reuses the first one's compilations (cached
+    per architecture, dtype and static arguments, not per instance); its results are those of its own weights."""
+    import functools
+
+    from splice.flax.modeling import _forward
+
+    pair = build_pair("vit-gpt2", str(tmp_path))
+    first = FlaxVisionEncoderDecoderModel.from_pretrained(pair.directory)
+    second = FlaxVisionEncoderDecoderModel(first.config, seed=7)
+    inputs, ids = numpy_inputs(pair), pair.decoder_input_ids.numpy()
+    for model in (first, second):
+        model(**inputs, decoder_input_ids=ids)
+        model.generate(**inputs, max_new_tokens=4)
+    assert first._compiled.keys() == second._compiled.keys()
+    assert all(second._compiled[key] is fn for key, fn in first._compiled.items())
+    forward = first._compiled[("forward", first.dtype, (("train", False),))]
+    assert forward._cache_size() == 1  # one compilation served both models
+    # Results: the second model's weights, exactly as a function compiled for that model alone gives them.
+    alone = jax.jit(functools.partial(_forward, second._graphdef, second.dtype, train=False))
+    expected = alone(second.params, inputs["pixel_values"], None, ids, None, None, None)[0]
+    np.testing.assert_array_equal(np.asarray(second(**inputs, decoder_input_ids=ids).logits), np.asarray(expected))
+    assert np.abs(np.asarray(expected) - np.asarray(first(**inputs, decoder_input_ids=ids).logits)).max() > 1e-3
+    # Another architecture (one more decoder layer) compiles its own.
+    other_config = splice.VisionEncoderDecoderConfig.from_dict(first.config.to_dict())
+    other_config.decoder.n_layer += 1
+    other = FlaxVisionEncoderDecoderModel(other_config)
+    other(**inputs, decoder_input_ids=ids)
+    assert other._compiled[("forward", other.dtype, (("train", False),))] is not forward

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,29 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
     return -(picked * valid).sum() / jnp.maximum(valid.sum(), 1)
+
+
+# Compiled functions, shared by every model of one architecture: keyed by what the traced function depends on (the
+# module's graph definition, the computation dtype, the static arguments), never by the instance, so a second model of
+# the same configuration (a reload, another seed) reuses the first one's compilations. Least recently used first out.
+COMPILED_CACHE_SIZE = 128
+_COMPILED: OrderedDict[Hashable, Any] = OrderedDict()
+_COMPILED_LOCK = threading.Lock()
+
+
+def shared_compiled(key: Hashable, make: Callable[[], Any]) -> Any:
+    """The compiled function cached under `key` (made by `make()` on a miss), shared across model instances."""
+    with _COMPILED_LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key]
+    made = make()
+    with _COMPILED_LOCK:
+        made = _COMPILED.setdefault(key, made)  # another thread may have made it meanwhile: keep one
+        _COMPILED.move_to_end(key)
+        while len(_COMPILED) > COMPILED_CACHE_SIZE:
+            _COMPILED.popitem(last=False)
+    return made
 
 
 class FlaxSpliceModel:
@@ -151,9 +177,14 @@ class FlaxSpliceModel:
     # ---- the forward pass ---------------------------------------------------------------------------------------
 
     def _jit(self, name: str, fn: Any, **static: Any) -> Any:
-        key = (name, tuple(sorted(static.items())))
+        """`fn` jit-compiled for this architecture (graph definition), dtype and static arguments: shared by every
+        model with the same ones (`shared_compiled`); the instance keeps a lookup table in front of the shared cache."""
+        key = (name, self.dtype, tuple(sorted(static.items())))
         if key not in self._compiled:
-            self._compiled[key] = jax.jit(functools.partial(fn, self._graphdef, self.dtype, **static))
+            self._compiled[key] = shared_compiled(
+                ("jax", fn, self._graphdef, *key),
+                lambda: jax.jit(functools.partial(fn, self._graphdef, self.dtype, **static)),
+            )
         return self._compiled[key]
 
     def _check_params(self, params: dict | None) -> dict:

@@ -12,7 +12,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -28,6 +30,7 @@ from ..flax.modeling import (  # noqa: E402
     FlaxSpliceModel,
     FlaxVisionEncoderDecoderModel,
     _generate,
+    shared_compiled,
 )
 from ..flax.weights import flatten, unflatten  # noqa: E402
 
@@ -70,7 +73,6 @@ class TFSpliceModel(keras.Model):
             variable = self.add_weight(name=name, shape=value.shape, initializer="zeros", dtype="float32")
             variable.assign(np.asarray(value))
             self._params.append(variable)
-        self._functions: dict[Any, Any] = {}
         self.built = True
 
     # ---- loading and saving, through the JAX class (the files are the PyTorch classes' format) ------------------
@@ -115,17 +117,38 @@ class TFSpliceModel(keras.Model):
 
     # ---- the forward pass ---------------------------------------------------------------------------------------
 
-    def _converted(self, key: Any, fn: Any, shapes: list[str | None]) -> Any:
-        """`fn(params, *args)` in JAX → a TF function (cached per `key`), differentiable in the parameters."""
-        if key not in self._functions:
-            names, template = self._names, self.flax_model._template
+    def _architecture(self) -> tuple:
+        """What a converted function depends on besides its own arguments: the JAX class (encoder input, label rules),
+        the graph definition, the computation dtype and the special tokens (labels are shifted inside the function)."""
+        flax_model = self.flax_model
+        special = json.dumps(flax_model.special_tokens(), sort_keys=True)
+        return type(flax_model), flax_model._graphdef, flax_model.dtype, special
+
+    def _frozen_flax_model(self) -> FlaxSpliceModel:
+        """A copy of the JAX model without parameters and with its own configs, for a converted function shared by
+        every model of this architecture (later edits of this model's config must not change what it traces)."""
+        frozen = copy.copy(self.flax_model)
+        frozen.config = copy.deepcopy(self.flax_model.config)
+        frozen.generation_config = copy.deepcopy(self.flax_model.generation_config)
+        frozen.params = None
+        return frozen
+
+    def _converted(self, key: Any, make_fn: Any, shapes: list[str | None]) -> Any:
+        """`fn(params, *args)` in JAX (`fn = make_fn(frozen JAX model)`) → a TF function differentiable in the
+        parameters, cached per architecture (`_architecture`) and `key`: a second model of the same configuration
+        reuses it (`splice.flax.modeling.shared_compiled`)."""
+        names, template = self._names, self.flax_model._template
+
+        def make() -> Any:
+            fn = make_fn(self._frozen_flax_model())
 
             def on_list(flat_params: list, *args: Any) -> Any:
                 return fn(unflatten(dict(zip(names, flat_params, strict=True)), template), *args)
 
             converted = jax2tf.convert(on_list, with_gradient=True, polymorphic_shapes=[None, *shapes])
-            self._functions[key] = tf.function(converted, autograph=False, reduce_retracing=True)
-        return self._functions[key]
+            return tf.function(converted, autograph=False, reduce_retracing=True)
+
+        return shared_compiled(("tf", *self._architecture(), key, tuple(shapes)), make)
 
     def call(
         self, inputs: Any = None, attention_mask: Any = None, decoder_input_ids: Any = None,
@@ -153,14 +176,17 @@ class TFSpliceModel(keras.Model):
         shapes = ["(b, ...)" if vision else "(b, s)"]
         shapes += ["(b, s)" if name == "attention_mask" else "(b, t)" for name in present] + [None]
 
-        def forward(params: dict, x: Any, *rest: Any) -> Any:
-            *values, seed = rest
-            rng = jax.random.key(seed) if training else None
-            out = self.flax_model(x, params=params, train=training, dropout_rng=rng, **dict(zip(present, values)))
-            result = {"logits": out.logits, "encoder_last_hidden_state": out.encoder_last_hidden_state}
-            return result if out.loss is None else {**result, "loss": out.loss}
+        def make_forward(flax_model: FlaxSpliceModel) -> Any:
+            def forward(params: dict, x: Any, *rest: Any) -> Any:
+                *values, seed = rest
+                rng = jax.random.key(seed) if training else None
+                out = flax_model(x, params=params, train=training, dropout_rng=rng, **dict(zip(present, values)))
+                result = {"logits": out.logits, "encoder_last_hidden_state": out.encoder_last_hidden_state}
+                return result if out.loss is None else {**result, "loss": out.loss}
 
-        fn = self._converted(("call", present, bool(training)), forward, shapes)
+            return forward
+
+        fn = self._converted(("call", present, bool(training)), make_forward, shapes)
         seed = tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int32) if training else tf.constant(0, tf.int32)
         values = [tf.convert_to_tensor(given[name]) for name in present]
         out = fn([v.value for v in self._params], tf.convert_to_tensor(inputs), *values, seed)
@@ -185,7 +211,7 @@ class TFSpliceModel(keras.Model):
 
         vision = self.main_input_name == "pixel_values"
         shapes = ["(b, ...)" if vision else "(b, s)"] + (["(b, s)"] if masked else []) + [None]
-        return self._converted(("generate", settings, masked), search, shapes)
+        return self._converted(("generate", settings, masked), lambda flax_model: search, shapes)
 
     def generate(self, inputs: Any = None, attention_mask: Any = None, seed: int = 0, **kwargs: Any) -> tf.Tensor:
         r"""
@@ -218,7 +244,7 @@ class TFSpliceModel(keras.Model):
         module.variables_ = [v.value for v in self._params]
         settings = self.flax_model.search_settings(**generate_kwargs)
         forward_fn = self._converted(
-            ("export", vision), lambda params, x, *rest: self.flax_model(
+            ("export", vision), lambda flax_model: lambda params, x, *rest: flax_model(
                 x, params=params, decoder_input_ids=rest[-1], attention_mask=rest[0] if len(rest) > 1 else None
             ).logits,
             ["(b, ...)" if vision else "(b, s)", *(["(b, s)"] if masks else []), "(b, t)"],
