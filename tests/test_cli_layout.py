@@ -54,6 +54,7 @@ def test_every_train_flag_has_help_with_default_and_choices(capsys):
     assert "invalid choice: 'decoder'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # fresh interpreters (`-m slow`, .ci/run's own step)
 def test_help_builds_no_command_and_python_m_works():
     code = "import sys; from splice.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
     code += "print(sorted(m for m in sys.modules if m.startswith(('splice.training.', 'splice.retrieval'))))"

@@ -6,6 +6,7 @@ import splice
 from splice.cli import main
 
 
+@pytest.mark.slow  # demo runs, end to end (`-m slow`, .ci/run's own step)
 @pytest.mark.parametrize("task", ["shapes", "ocr"])
 def test_demo_quick_trains_saves_and_captions(tmp_path, capsys, task):
     main(["demo", "--task", task, "--output-dir", str(tmp_path), "--quick"])

@@ -11,7 +11,8 @@ from tiny import bert_decoder_config, bert_encoder_config, gpt2_config, randomiz
 import splice
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-pytestmark = pytest.mark.usefixtures("one_thread")
+# End to end: each snippet trains, generates, saves (and exports) a model (`-m slow`, .ci/run's own step).
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _snippet(section: str) -> str:
