@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import yaml
-from tiny import gpt2_config, vit_config
+from tiny import cli_decoder, cli_encoder, gpt2_config, vit_config
 from transformers import GPT2LMHeadModel, ViTModel
 
 import splice
@@ -18,9 +18,7 @@ from splice.cli.train import parse_config
 from splice.training import config as config_module
 from splice.training.config import ConfigError, TrainConfig
 
-ENCODER = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
-ENCODER |= {"intermediate_size": 37, "image_size": 32, "patch_size": 8}
-DECODER = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 64}
+ENCODER, DECODER = cli_encoder(), cli_decoder()
 
 
 def console(capsys, *argv: str) -> str:
@@ -183,6 +181,7 @@ def test_caption_model_without_processor_files_says_which_and_how(tmp_path, caps
     assert "has no config.json" in line
 
 
+@pytest.mark.slow  # a training run with the held-out metrics, end to end (`-m slow`, .ci/run's own step)
 def test_training_warns_about_eval_data_and_labels_references(tmp_path, capsys, caplog):
     flags = ["train", "--encoder", json.dumps(ENCODER), "--decoder", json.dumps(DECODER), "--n-train", "8"]
     flags += ["--n-eval", "2", "--batch-size", "8", "--image-size", "32", "--epochs", "1"]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny import cli_decoder, cli_encoder
 from transformers import AutoConfig
 
 import splice
@@ -115,11 +116,7 @@ def test_ctc_weight_passes_through_train_model_kwargs(tmp_path):
     from splice.training.config import TrainConfig
     from splice.training.pipeline import train
 
-    encoder = {
-        "model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-        "intermediate_size": 37, "image_size": [32, 64], "patch_size": [32, 4],
-    }  # fmt: skip
-    decoder = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 64}
+    encoder, decoder = cli_encoder(image_size=[32, 64], patch_size=[32, 4]), cli_decoder()
     config = TrainConfig(
         encoder=encoder, decoder=decoder, data="builtin:ocr", image_size=[64, 32], n_train=8, n_eval=4, epochs=1,
         batch_size=4, output_dir=str(tmp_path), model_kwargs={"ctc_weight": 0.3}, data_options={"max_words": 1},
@@ -154,6 +151,7 @@ def test_line_encoder_keeps_columns_in_order_and_saves_in_a_composite(tmp_path):
     assert torch.equal(model.generate(pixels, **kwargs), loaded.generate(pixels, **kwargs))
 
 
+@pytest.mark.slow  # a demo run, end to end (`-m slow`, .ci/run's own step)
 def test_a_smaller_ocr_demo_runs_reports_held_out_sets_and_saves_for_caption(tmp_path, capsys):
     import dataclasses
 

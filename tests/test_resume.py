@@ -11,14 +11,13 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import cli_decoder, cli_encoder
 
 from splice.cli import main
 from splice.training import trainer as trainer_module
 from splice.training.trainer import LIVE_WEIGHTS, CheckpointMismatchError
 
-ENCODER = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-           "intermediate_size": 37, "image_size": 32, "patch_size": 8}  # fmt: skip
-DECODER = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 128}
+ENCODER, DECODER = cli_encoder(), cli_decoder(n_positions=128)
 BASE = ["train", "--encoder", json.dumps(ENCODER), "--decoder", json.dumps(DECODER), "--n-eval", "4",
         "--batch-size", "8", "--image-size", "32", "--logging-steps", "1"]  # fmt: skip
 
@@ -43,6 +42,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow  # end to end: two full training runs per policy (`-m slow`, .ci/run's own step)
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, monkeypatch, policy):
     flags = [*BASE, "--n-train", "16", "--epochs", "2", *POLICIES[policy]]
@@ -68,6 +68,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, 
     assert max_difference(straight, resumed) <= 1e-6
 
 
+@pytest.mark.slow  # end to end: a trainer process killed mid-epoch, then resumed (`-m slow`, .ci/run's own step)
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
     flags = [*BASE, "--n-train", "64", "--epochs", "2", "--freeze", "none"]
     main([*flags, "--output-dir", str(tmp_path / "straight")])

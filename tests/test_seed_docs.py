@@ -2,7 +2,7 @@
 (/work/shared/reference/docs-vision-encoder-decoder.md, docs-vision-encoder-decoder-with-tf-flax.txt,
 docs-encoder-decoder-with-tf-flax.txt), run against splice's classes with tiny local checkpoints in place of hub ids.
 
-Hub ids map to local directories written by the fixtures below:
+Hub ids map to local directories written by fixtures in conftest.py:
     google/vit-base-patch16-224-in21k                -> vit_dir      (ViTModel + ViTImageProcessor)
     microsoft/swin-base-patch4-window7-224-in22k     -> swin_dir     (SwinForImageClassification, as on the hub)
     google-bert/bert-base-uncased                    -> bert_dir     (BertForPreTraining + BertTokenizer)
@@ -13,7 +13,7 @@ Hub ids map to local directories written by the fixtures below:
 The `requests.get(url)` images and `load_dataset("huggingface/cats-image")` become a synthetic PIL image.
 
 The TFVisionEncoderDecoderModel / FlaxVisionEncoderDecoderModel / TFEncoderDecoderModel / FlaxEncoderDecoderModel
-examples of the *-with-tf-flax pages run in test_seed_docs_frameworks.py, on these fixtures.
+examples of the *-with-tf-flax pages run in test_seed_docs_frameworks.py, on the same fixtures.
 
 Where an example mutates `model.config` (special tokens, generation settings), splice must honour it; transformers v5
 ignores such edits in `generate`, so the oracle comparisons pass the same values to the oracle explicitly.
@@ -22,29 +22,26 @@ ignores such edits in `generate`, so the oracle comparisons pass the same values
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
 from tiny import (
+    BPE_VOCAB_SIZE,
+    ENDOFTEXT,
+    IMAGE_SIZE,
     bert_decoder_config,
     bert_encoder_config,
-    byte_bpe_vocab,
     gpt2_config,
+    random_image,
     randomize,
-    swin_config,
-    trocr_config,
     vit_config,
-    write_bert_vocab,
 )
 from transformers import (
     AutoProcessor,
     AutoTokenizer,
     BertTokenizer,
     GPT2TokenizerFast,
-    RobertaTokenizer,
     TrOCRProcessor,
     ViTImageProcessor,
 )
@@ -61,10 +58,6 @@ from splice import (
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
-IMAGE_SIZE = 30  # tiny ViT: 30x30 images, 10x10 patches
-BPE_VOCAB, BPE_MERGES = byte_bpe_vocab()
-BPE_VOCAB_SIZE = len(BPE_VOCAB)
-ENDOFTEXT = BPE_VOCAB["<|endoftext|>"]
 ARTICLE_TO_SUMMARIZE = (
     "PG&E stated it scheduled the blackouts in response to forecasts for high winds "
     "amid dry conditions. The aim is to reduce the risk of wildfires. Nearly 800 thousand customers were "
@@ -73,16 +66,6 @@ ARTICLE_TO_SUMMARIZE = (
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _image(seed: int = 0, size: tuple[int, int] = (48, 40)) -> Image.Image:
-    """Stands in for the COCO / IAM / cats images of the examples (not square, so the processor must resize)."""
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-
-
-def _image_processor() -> ViTImageProcessor:
-    return ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
 
 def _quiet(fn, *args, **kwargs):
@@ -105,106 +88,6 @@ def _no_repeated_ngram(row: list[int], n: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # local stand-ins for the hub checkpoints
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer_vocab(tmp_path_factory) -> str:
-    return write_bert_vocab(str(tmp_path_factory.mktemp("bert-vocab")))
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory, bert_tokenizer_vocab) -> str:
-    """google-bert/bert-base-uncased: a BertForPreTraining checkpoint (MLM + NSP heads) and its tokenizer."""
-    directory = str(tmp_path_factory.mktemp("bert-base-uncased"))
-    tokenizer = BertTokenizer(bert_tokenizer_vocab)
-    config = bert_encoder_config()
-    config.vocab_size = len(tokenizer)
-    model = randomize(transformers.BertForPreTraining(config), seed=11)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def vit_dir(tmp_path_factory) -> str:
-    """google/vit-base-patch16-224-in21k: a ViTModel and its image processor."""
-    directory = str(tmp_path_factory.mktemp("vit-in21k"))
-    randomize(transformers.ViTModel(vit_config()), seed=12).save_pretrained(directory)
-    _image_processor().save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def swin_dir(tmp_path_factory) -> str:
-    """microsoft/swin-base-patch4-window7-224-in22k: an image-classification checkpoint (head included)."""
-    directory = str(tmp_path_factory.mktemp("swin-in22k"))
-    config = swin_config()
-    config.num_labels = 5
-    randomize(transformers.SwinForImageClassification(config), seed=13).save_pretrained(directory)
-    return directory
-
-
-def _gpt2_tokenizer() -> GPT2TokenizerFast:
-    return GPT2TokenizerFast(vocab=dict(BPE_VOCAB), merges=list(BPE_MERGES))
-
-
-@pytest.fixture(scope="module")
-def captioner_dir(tmp_path_factory) -> str:
-    """nlpconnect/vit-gpt2-image-captioning: a fine-tuned ViT-GPT-2 saved by transformers, with its tokenizer and image
-    processor; special tokens and generation settings as on the hub (<|endoftext|> everywhere, beams 4, max 16)."""
-    directory = str(tmp_path_factory.mktemp("vit-gpt2-image-captioning"))
-    decoder = gpt2_config()
-    decoder.vocab_size = BPE_VOCAB_SIZE
-    decoder.bos_token_id = decoder.eos_token_id = ENDOFTEXT
-    decoder.pad_token_id = None
-    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), decoder)
-    model = randomize(transformers.VisionEncoderDecoderModel(config), seed=14)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = cfg.pad_token_id = cfg.eos_token_id = cfg.bos_token_id = ENDOFTEXT
-    model.generation_config.max_length = 16
-    model.generation_config.num_beams = 4
-    model.save_pretrained(directory)
-    _gpt2_tokenizer().save_pretrained(directory)
-    _image_processor().save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def trocr_dir(tmp_path_factory) -> str:
-    """microsoft/trocr-base-handwritten: ViT encoder + TrOCR decoder, saved by transformers, with a TrOCRProcessor."""
-    directory = str(tmp_path_factory.mktemp("trocr-base-handwritten"))
-    decoder = trocr_config()
-    decoder.vocab_size = BPE_VOCAB_SIZE
-    decoder.bos_token_id, decoder.pad_token_id, decoder.eos_token_id = 0, 1, 2  # <s>, <pad>, </s>
-    decoder.decoder_start_token_id = 2
-    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), decoder)
-    model = randomize(transformers.VisionEncoderDecoderModel(config), seed=15)
-    # Saved with <s> as the start token, so the example's `decoder_start_token_id = eos` edit visibly changes it.
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 0, 1, 2
-    model.save_pretrained(directory)
-    tokenizer = RobertaTokenizer(vocab=dict(BPE_VOCAB), merges=list(BPE_MERGES))
-    TrOCRProcessor(image_processor=_image_processor(), tokenizer=tokenizer).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def bert2bert_dir(tmp_path_factory, bert_tokenizer_vocab) -> str:
-    """patrickvonplaten/bert2bert_cnn_daily_mail: a fine-tuned bert2bert saved by transformers, with its tokenizer."""
-    directory = str(tmp_path_factory.mktemp("bert2bert_cnn_daily_mail"))
-    tokenizer = BertTokenizer(bert_tokenizer_vocab)
-    encoder, decoder = bert_encoder_config(), bert_decoder_config()
-    encoder.vocab_size = decoder.vocab_size = len(tokenizer)
-    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    model = randomize(transformers.EncoderDecoderModel(config), seed=16)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = tokenizer.cls_token_id
-        cfg.pad_token_id = tokenizer.pad_token_id
-        cfg.eos_token_id = tokenizer.sep_token_id
-    model.generation_config.max_length = 20
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def _tiny_bert_configs(vocab_size: int):
@@ -306,7 +189,7 @@ def test_ved_inference_vit_gpt2_captioning(captioner_dir):
     model = VisionEncoderDecoderModel.from_pretrained(captioner_dir)
     tokenizer = GPT2TokenizerFast.from_pretrained(captioner_dir)
     image_processor = ViTImageProcessor.from_pretrained(captioner_dir)
-    image = _image(seed=1)
+    image = random_image(seed=1)
     pixel_values = image_processor(image, return_tensors="pt").pixel_values
     assert pixel_values.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     generated_ids = model.generate(pixel_values)
@@ -337,7 +220,7 @@ def test_ved_training_vit_bert(vit_dir, bert_dir, tmp_path):
     model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(vit_dir, bert_dir)
     model.config.decoder_start_token_id = tokenizer.cls_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    image = _image(seed=2)
+    image = random_image(seed=2)
     pixel_values = image_processor(image, return_tensors="pt").pixel_values
     labels = tokenizer("an image of two cats chilling on a couch", return_tensors="pt").input_ids
     assert tokenizer.unk_token_id not in labels.tolist()[0]
@@ -380,7 +263,7 @@ def test_ved_forward_docstring_trocr(trocr_dir):
     model = VisionEncoderDecoderModel.from_pretrained(trocr_dir)
     assert isinstance(processor, TrOCRProcessor)
     assert isinstance(model.decoder, transformers.TrOCRForCausalLM)
-    image = _image(seed=3).convert("RGB")
+    image = random_image(seed=3).convert("RGB")
 
     model.config.decoder_start_token_id = processor.tokenizer.eos_token_id
     model.config.pad_token_id = processor.tokenizer.pad_token_id
@@ -632,7 +515,7 @@ def _vit_gpt2_model(vit_dir, tmp_path):
     model.config.decoder_start_token_id = ENDOFTEXT
     model.config.pad_token_id = ENDOFTEXT
     image_processor = ViTImageProcessor.from_pretrained(vit_dir)
-    inputs = {"pixel_values": image_processor([_image(4), _image(5)], return_tensors="pt").pixel_values}
+    inputs = {"pixel_values": image_processor([random_image(4), random_image(5)], return_tensors="pt").pixel_values}
     return model, inputs, transformers.VisionEncoderDecoderModel
 
 

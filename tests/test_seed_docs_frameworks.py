@@ -1,9 +1,8 @@
-# ruff: noqa: F811 (the fixtures imported from test_seed_docs are parameters of the tests here)
 """Every TensorFlow and Flax code example of the transformers docs pages (docs-vision-encoder-decoder-with-tf-flax.txt,
 docs-encoder-decoder-with-tf-flax.txt), run against splice's TF and JAX classes with tiny local checkpoints in place
 of hub ids, each checked against splice's PyTorch class on the same weights.
 
-Hub ids map to the local directories of `test_seed_docs.py` (same fixtures), plus:
+Hub ids map to the local directories of `test_seed_docs.py` (the same fixtures, in conftest.py), plus:
     openai-community/gpt2                         -> gpt2_dir      (GPT2LMHeadModel + its tokenizer, no cross-attention)
     google-bert/bert-base-cased                   -> bert_dir
     patrickvonplaten/bert2gpt2-cnn_dailymail-fp16 -> bert2gpt2_dir (a fine-tuned bert2gpt2 saved by transformers)
@@ -17,18 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_seed_docs import (  # noqa: F401 (fixtures)
-    ENDOFTEXT,
-    _gpt2_tokenizer,
-    _image,
-    _image_processor,
-    bert2bert_dir,
-    bert_dir,
-    bert_tokenizer_vocab,
-    captioner_dir,
-    vit_dir,
-)
-from tiny import gpt2_config, randomize
+from tiny import ENDOFTEXT, bpe_gpt2_tokenizer, gpt2_config, random_image, randomize, tiny_image_processor
 from transformers import BertTokenizer, GPT2Tokenizer, ViTImageProcessor
 
 import splice
@@ -47,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory) -> str:
     directory = str(tmp_path_factory.mktemp("gpt2"))
-    tokenizer = _gpt2_tokenizer()
+    tokenizer = bpe_gpt2_tokenizer()
     config = gpt2_config(vocab_size=len(tokenizer), bos_token_id=ENDOFTEXT, eos_token_id=ENDOFTEXT, pad_token_id=None)
     randomize(transformers.GPT2LMHeadModel(config), seed=21, std=0.25).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -85,7 +73,7 @@ def test_tf_ved_load_pytorch_checkpoint_workaround(captioner_dir, tmp_path):
     )
     # This is only for copying some specific attributes of this particular model.
     model.config = _model.config
-    pixel_values = ViTImageProcessor.from_pretrained(captioner_dir)(_image(), return_tensors="np").pixel_values
+    pixel_values = ViTImageProcessor.from_pretrained(captioner_dir)(random_image(), return_tensors="np").pixel_values
     generated = model.generate(pixel_values, max_length=8)
     with torch.no_grad():
         # Only the config was copied: `_model`'s generation config (4 beams) is not the TF model's.
@@ -97,7 +85,7 @@ def test_tf_ved_forward_training_save_load_generate(vit_dir, gpt2_dir, tmp_path)
     image_processor = transformers.AutoImageProcessor.from_pretrained(vit_dir)
     decoder_tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_dir)
     model = TFVisionEncoderDecoderModel.from_encoder_decoder_pretrained(vit_dir, gpt2_dir)
-    img = _image()
+    img = random_image()
     pixel_values = image_processor(images=img, return_tensors="np").pixel_values  # Batch size 1
     decoder_input_ids = decoder_tokenizer("Linda Davis", return_tensors="np").input_ids  # Batch size 1
     outputs = model(pixel_values=pixel_values, decoder_input_ids=decoder_input_ids)
@@ -117,19 +105,43 @@ def test_tf_ved_forward_training_save_load_generate(vit_dir, gpt2_dir, tmp_path)
                    decoder_start_token_id=ENDOFTEXT, max_length=8)  # fmt: skip
 
 
+def _assert_same_weights_and_logits(saved, loaded, inputs: dict) -> None:
+    """A TF or Flax model reloaded from a save: the same parameters (names and values, the fresh cross-attention
+    included) and the same logits as the model that was saved."""
+    from splice.flax.weights import flatten
+
+    def weights(model) -> list[tuple[str, np.ndarray]]:
+        if isinstance(model, (TFVisionEncoderDecoderModel, TFEncoderDecoderModel)):
+            return [(w.name, w.numpy()) for w in model.weights]
+        return [(k, np.asarray(v)) for k, v in flatten(model.params).items()]
+
+    before, after = weights(saved), weights(loaded)
+    assert [k for k, _ in before] == [k for k, _ in after]
+    assert any("crossattention" in k for k, _ in before)
+    for (key, value), (_, reloaded) in zip(before, after):
+        np.testing.assert_array_equal(reloaded, value, err_msg=key)
+    batch = len(next(iter(inputs.values())))
+    decoder_input_ids = np.array([[1, 5, 6, 7]] * batch, np.int32)
+    expected = np.asarray(saved(**inputs, decoder_input_ids=decoder_input_ids).logits)
+    assert expected.shape[:2] == (batch, 4) and np.isfinite(expected).all()
+    np.testing.assert_array_equal(np.asarray(loaded(**inputs, decoder_input_ids=decoder_input_ids).logits), expected)
+
+
 def test_tf_and_flax_ved_from_encoder_decoder_pretrained_save_load(vit_dir, bert_dir, tmp_path):
+    pixel_values = tiny_image_processor()([random_image(0), random_image(1)], return_tensors="np").pixel_values
     for cls in (TFVisionEncoderDecoderModel, FlaxVisionEncoderDecoderModel):
-        model = cls.from_encoder_decoder_pretrained(vit_dir, bert_dir)
-        model.save_pretrained(tmp_path / "vit-bert")
+        saved = cls.from_encoder_decoder_pretrained(vit_dir, bert_dir)
+        saved.save_pretrained(tmp_path / "vit-bert")
         model = cls.from_pretrained(tmp_path / "vit-bert")
         assert model.config.decoder.add_cross_attention and model.config.decoder.is_decoder
+        _assert_same_weights_and_logits(saved, model, {"pixel_values": pixel_values})
 
 
 def test_flax_ved_captioning_with_beams(vit_dir, gpt2_dir, tmp_path):
     image_processor = transformers.AutoImageProcessor.from_pretrained(vit_dir)
     tokenizer_output = transformers.AutoTokenizer.from_pretrained(gpt2_dir)
     model = FlaxVisionEncoderDecoderModel.from_encoder_decoder_pretrained(vit_dir, gpt2_dir)
-    pixel_values = image_processor(images=_image(), return_tensors="np").pixel_values
+    pixel_values = image_processor(images=random_image(), return_tensors="np").pixel_values
     # use GPT2's eos_token as the pad as well as eos token
     model.config.eos_token_id = model.config.decoder.eos_token_id
     model.config.pad_token_id = model.config.eos_token_id
@@ -200,8 +212,11 @@ def test_flax_ed_bert2gpt2_summarization(bert2gpt2_dir, bert_dir, gpt2_dir):
 
 
 def test_tf_and_flax_ed_from_encoder_decoder_pretrained_save_load(bert_dir, gpt2_dir, tmp_path):
+    inputs = {"input_ids": np.array([[2, 7, 8, 9, 3], [2, 10, 11, 3, 0]], np.int32),
+              "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], np.int32)}  # fmt: skip
     for cls in (TFEncoderDecoderModel, FlaxEncoderDecoderModel):
-        model = cls.from_encoder_decoder_pretrained(bert_dir, gpt2_dir)
-        model.save_pretrained(tmp_path / "bert2gpt2")
+        saved = cls.from_encoder_decoder_pretrained(bert_dir, gpt2_dir)
+        saved.save_pretrained(tmp_path / "bert2gpt2")
         model = cls.from_pretrained(tmp_path / "bert2gpt2")
         assert isinstance(model.config, splice.EncoderDecoderConfig)
+        _assert_same_weights_and_logits(saved, model, inputs)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import transformers as T
+from tiny import cli_decoder, cli_encoder
 
 import splice
 import splice.conditioning.injected
@@ -168,16 +169,7 @@ def test_smallcap_preset_trains_saves_its_datastore_and_evaluates_with_it(tmp_pa
 
     from splice.cli import main
 
-    encoder = {
-        "model_type": "vit",
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 4,
-        "intermediate_size": 37,
-        "image_size": 32,
-        "patch_size": 8,
-    }
-    decoder = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 128}
+    encoder, decoder = cli_encoder(), cli_decoder(n_positions=128)
     main(
         [
             "train",

@@ -8,20 +8,12 @@ import sys
 import pytest
 import yaml
 from PIL import Image
+from tiny import cli_decoder, cli_encoder
 
 import splice
 from splice.cli import main
 
-ENCODER = {
-    "model_type": "vit",
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "image_size": 32,
-    "patch_size": 8,
-}
-DECODER = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 64}
+ENCODER, DECODER = cli_encoder(), cli_decoder()
 SMALL = ["--n-train", "16", "--n-eval", "4", "--batch-size", "8", "--image-size", "32", "--logging-steps", "1"]
 
 
@@ -108,6 +100,7 @@ def test_ocr_task_uses_a_character_tokenizer_and_ocr_metrics(tmp_path):
     assert tokenizer.decode(tokenizer("Ab 12").input_ids, skip_special_tokens=True) == "Ab 12"
 
 
+@pytest.mark.slow  # two launched processes per run (`-m slow`, .ci/run's own step)
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_distributed_two_processes_on_cpu(tmp_path, launcher):
     flags = ["train", "--encoder", json.dumps(ENCODER), "--decoder", json.dumps(DECODER), *SMALL]

@@ -362,3 +362,42 @@ def byte_bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for left, right in merges:
         vocab[left + right] = len(vocab)
     return vocab, merges
+
+
+# -- the seed-doc checkpoints' tokenizers, images and image processor (conftest.py's *_dir fixtures, the doc tests) ----
+
+IMAGE_SIZE = 30  # tiny ViT: 30x30 images, 10x10 patches
+BPE_VOCAB, BPE_MERGES = byte_bpe_vocab()
+BPE_VOCAB_SIZE = len(BPE_VOCAB)
+ENDOFTEXT = BPE_VOCAB["<|endoftext|>"]
+
+
+def random_image(seed: int = 0, size: tuple[int, int] = (48, 40)):
+    """Stands in for the COCO / IAM / cats images of the doc examples (not square, so the processor must resize)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def tiny_image_processor() -> transformers.ViTImageProcessor:
+    return transformers.ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def bpe_gpt2_tokenizer() -> transformers.GPT2TokenizerFast:
+    return transformers.GPT2TokenizerFast(vocab=dict(BPE_VOCAB), merges=list(BPE_MERGES))
+
+
+# -- tiny models for the command line (`splice train --encoder JSON --decoder JSON`) -----------------------------------
+
+
+def cli_encoder(**overrides) -> dict:
+    """A one-layer ViT for 32x32 images, as a `--encoder` JSON dict."""
+    return {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "intermediate_size": 37, "image_size": 32, "patch_size": 8, **overrides}  # fmt: skip
+
+
+def cli_decoder(**overrides) -> dict:
+    """A one-layer GPT-2, as a `--decoder` JSON dict."""
+    return {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 64, **overrides}
