@@ -1,8 +1,9 @@
 """Injected and prefix conditioning across decoder families: forward, identity at init, generation, save/load, padding,
 key/value caching, `auto`, parameter counts, gradient checkpointing, learning, `Seq2SeqTrainer` and `torch.compile`.
 
-Everything is tiny and offline (random configs, temp dirs). A summary table (decoder x conditioning x check) is written
-to the last test's tmp_path (conditioning_table.md) and printed.
+Everything is tiny and offline (random configs, temp dirs). Tests that only read a model share one per configuration
+(`shared`, built once per module). A summary table (decoder x conditioning x check) is written once the module's tests
+have run (conditioning_table.md in a pytest temp dir) and printed.
 """
 
 from __future__ import annotations
@@ -86,6 +87,22 @@ def build(
     return model
 
 
+@pytest.fixture(scope="module")
+def shared():
+    """`shared(name, conditioning, **build_kwargs)`: `build(...)`, once per module for tests that only read the model
+    (no training, no parameter edits; hooks removed and gradients cleared before they return)."""
+    models: dict[tuple, splice.SpliceModel] = {}
+
+    def get(name: str, conditioning: str, encoder: str = "vit", **extra) -> splice.SpliceModel:
+        key = (name, conditioning, encoder, tuple(sorted(extra.items())))
+        if key not in models:
+            encoder_config = bert_encoder_config(**ENCODER, **BERT_NO_DROPOUT) if encoder == "bert" else None
+            models[key] = build(name, conditioning, encoder_config=encoder_config, **extra)
+        return models[key]
+
+    return get
+
+
 def pixels(batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, 30, 30, generator=torch.Generator().manual_seed(seed))
 
@@ -102,8 +119,8 @@ injected_only = pytest.mark.parametrize("name", DECODERS)
 
 
 @matrix
-def test_forward_and_loss_ignore_index(name, conditioning):
-    model = build(name, conditioning)
+def test_forward_and_loss_ignore_index(name, conditioning, shared):
+    model = shared(name, conditioning)
     images = pixels()
     labels = target_ids(length=6)
     out = model(pixel_values=images, labels=labels)
@@ -124,6 +141,7 @@ def test_forward_and_loss_ignore_index(name, conditioning):
     # ... which is not the loss over all positions.
     assert not torch.allclose(out.loss, expected)
     # Backward reaches the conditioning parameters (the injected blocks / the projector) and the encoder.
+    model.zero_grad(set_to_none=True)
     out.loss.backward()
     conditioning_params = (
         [p for _, p in cross_attention_parameters(model)]
@@ -132,6 +150,7 @@ def test_forward_and_loss_ignore_index(name, conditioning):
     )
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in conditioning_params)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    model.zero_grad(set_to_none=True)  # the model is shared with the module's other tests
     record(name, conditioning, "forward+loss")
 
 
@@ -165,8 +184,8 @@ GENERATE = dict(max_new_tokens=6, min_new_tokens=6)
 
 
 @matrix
-def test_cached_generation_matches_uncached_and_depends_on_image(name, conditioning):
-    model = build(name, conditioning)
+def test_cached_generation_matches_uncached_and_depends_on_image(name, conditioning, shared):
+    model = shared(name, conditioning)
     images = pixels(2, seed=0)
     with torch.no_grad():
         cached = model.generate(images, **GENERATE)
@@ -188,8 +207,8 @@ def test_cached_generation_matches_uncached_and_depends_on_image(name, condition
 
 
 @matrix
-def test_beam_search_and_sampling(name, conditioning):
-    model = build(name, conditioning)
+def test_beam_search_and_sampling(name, conditioning, shared):
+    model = shared(name, conditioning)
     images = pixels(2)
     with torch.no_grad():
         beams = model.generate(images, num_beams=3, max_new_tokens=6)
@@ -239,8 +258,8 @@ SAVE_CASES = [(name, cond, {}) for name, cond in MATRIX] + [
     SAVE_CASES,
     ids=[f"{n}-{c}" + "".join(f"-{k.split('_')[-1]}{v}" for k, v in e.items()) for n, c, e in SAVE_CASES],
 )
-def test_save_and_reload_identical(name, conditioning, extra, tmp_path):
-    model = build(name, conditioning, **extra)
+def test_save_and_reload_identical(name, conditioning, extra, tmp_path, shared):
+    model = shared(name, conditioning, **extra)
     images, ids = pixels(), torch.cat([torch.full((2, 1), BOS), target_ids(length=5)], dim=1)
     with torch.no_grad():
         before = model(pixel_values=images, decoder_input_ids=ids).logits
@@ -291,10 +310,10 @@ PADDING_CASES = [(name, cond, {}) for name, cond in MATRIX] + [
     PADDING_CASES,
     ids=[f"{n}-{c}" + "".join(f"-{v}" for v in e.values()) for n, c, e in PADDING_CASES],
 )
-def test_padded_batch_generates_like_each_sample_alone(name, conditioning, extra):
+def test_padded_batch_generates_like_each_sample_alone(name, conditioning, extra, shared):
     # Sliding-window families keep their window of 4: the prefix's padding is left-aligned, so a padded sample sees the
     # same tokens in its window as alone.
-    model = build(name, conditioning, encoder_config=bert_encoder_config(**ENCODER, **BERT_NO_DROPOUT), **extra)
+    model = shared(name, conditioning, encoder="bert", **extra)
     batch = padded_batch(SOURCES)
     assert (batch["attention_mask"] == 0).any()
     settings = dict(max_new_tokens=5, min_new_tokens=5)
@@ -324,8 +343,8 @@ def test_padded_batch_generates_like_each_sample_alone(name, conditioning, extra
 
 
 @injected_only
-def test_key_value_projection_runs_once_per_generate(name):
-    model = build(name, "injected")
+def test_key_value_projection_runs_once_per_generate(name, shared):
+    model = shared(name, "injected")
     blocks = [layer.cross_attention for _, layer in cross_attention_layers(model)]
     assert len(blocks) == 2
     calls: dict[str, list[int]] = {proj: [0] * len(blocks) for proj in ("q_proj", "k_proj", "v_proj")}
@@ -591,8 +610,8 @@ def test_seq2seq_trainer_trains_and_predicts_with_generate(tmp_path):
 # -- 13. torch.compile -------------------------------------------------------------------------------------------------
 
 
-def test_torch_compile_injected_decoder_matches_eager():
-    model = build("llama", "injected")
+def test_torch_compile_injected_decoder_matches_eager(shared):
+    model = shared("llama", "injected")
     ids = torch.cat([torch.full((2, 1), BOS), target_ids(length=6)], dim=1)
     compiled = torch.compile(model.decoder)
     with torch.no_grad():
@@ -617,46 +636,62 @@ def test_torch_compile_injected_decoder_matches_eager():
 # -- summary ----------------------------------------------------------------------------------------------------------
 
 
-def test_zz_write_summary_table(tmp_path):
-    """Write (and print) what passed in this run; checks that did not pass (or were deselected) stay empty."""
-    matrix_checks = [
-        "forward+loss",
-        "gate-0 identity",
-        "cache==no-cache, image-dependent",
-        "beam+sample",
-        "save/load",
-        "padding invariance",
-        "k/v once per generate (greedy, beam)",
-    ]
-    lines = ["| decoder | conditioning | " + " | ".join(matrix_checks) + " |", "|" + "---|" * (len(matrix_checks) + 2)]
+MATRIX_CHECKS = [
+    "forward+loss",
+    "gate-0 identity",
+    "cache==no-cache, image-dependent",
+    "beam+sample",
+    "save/load",
+    "padding invariance",
+    "k/v once per generate (greedy, beam)",
+]
+
+
+def summary_table(results: dict[tuple[str, str], dict[str, str]], r_table: list[str]) -> str:
+    """The matrix (decoder x conditioning x check: what passed, empty where a check did not pass or was not run, n/a
+    where it does not apply), the other checks, and the parameter-count table."""
+    lines = ["| decoder | conditioning | " + " | ".join(MATRIX_CHECKS) + " |", "|" + "---|" * (len(MATRIX_CHECKS) + 2)]
     for name, conditioning in MATRIX:
-        row = RESULTS.get((name, conditioning), {})
+        row = results.get((name, conditioning), {})
         cells = [
-            row.get(c, "n/a" if c in INJECTED_ONLY_CHECKS and conditioning != "injected" else "") for c in matrix_checks
+            row.get(c, "n/a" if c in INJECTED_ONLY_CHECKS and conditioning != "injected" else "") for c in MATRIX_CHECKS
         ]
         lines.append(f"| {name} | {conditioning} | " + " | ".join(cells) + " |")
     other = ["| decoder | conditioning | check | result |", "|---|---|---|---|"]
-    for (name, conditioning), row in RESULTS.items():
+    for (name, conditioning), row in results.items():
         for check, value in row.items():
-            if (name, conditioning) not in MATRIX or check not in matrix_checks:
+            if (name, conditioning) not in MATRIX or check not in MATRIX_CHECKS:
                 other.append(f"| {name} | {conditioning} | {check} | {value} |")
-    text = "\n".join(
-        [
-            "# splice conditioning matrix",
-            "",
-            *lines,
-            "",
-            "## other checks",
-            "",
-            *other,
-            "",
-            "## injected cross-attention parameters",
-            "",
-            *R_TABLE,
-        ]
-    )
-    (tmp_path / "conditioning_table.md").write_text(text + "\n")
+    sections = ["# splice conditioning matrix", "", *lines, "", "## other checks", "", *other, ""]
+    return "\n".join([*sections, "## injected cross-attention parameters", "", *r_table])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_summary_table(tmp_path_factory):
+    """After the module's tests (whichever ran, in any order): write and print what passed."""
+    yield
+    text = summary_table(RESULTS, R_TABLE)
+    (tmp_path_factory.mktemp("conditioning") / "conditioning_table.md").write_text(text + "\n")
     print("\n" + text)
+
+
+def test_summary_table_marks_every_check():
+    """The table has one row per matrix case; a recorded check reads as recorded, a missing one stays empty, an
+    injected-only check is n/a for prefix, and checks outside the matrix are listed below it."""
+    first, second = MATRIX[0], MATRIX[1]
+    assert first[1] == "injected" and second == (first[0], "prefix")
+    results = {first: {check: "pass" for check in MATRIX_CHECKS}, second: {"forward+loss": "pass"},
+               ("llama", "auto"): {"resolves to injected + saved": "pass"}}  # fmt: skip
+    text = summary_table(results, ["r table"])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| decoder")]
+    matrix_rows = rows[: len(MATRIX)]
+    assert [tuple(r.split(" | ")[:2]) for r in matrix_rows] == [(f"| {n}", c) for n, c in MATRIX]
+    assert matrix_rows[0] == f"| {first[0]} | injected | " + " | ".join(["pass"] * len(MATRIX_CHECKS)) + " |"
+    cells = matrix_rows[1].split(" | ")[2:]
+    expected = ["pass", "n/a", "", "", "", "", "n/a"]
+    assert [c.removesuffix(" |").strip() for c in cells] == expected
+    assert "| llama | auto | resolves to injected + saved | pass |" in rows
+    assert text.endswith("r table")
 
 
 def test_gates_missing_from_a_checkpoint_load_as_identity(tmp_path):

@@ -304,10 +304,21 @@ def test_encoder_mask_reaches_cross_attention(enc, dec, pair_of):
     torch.testing.assert_close(ignored[0], got[0], atol=1e-6, rtol=0)  # the unpadded row is untouched
 
 
-def test_report_max_logit_diff():
-    if not MAX_LOGIT_DIFFS:  # only this test was selected
-        print("no parity comparison ran in this session")
-        return
+def test_report_max_logit_diff(pair_of):
+    """The largest |splice - transformers| logit difference over this session's comparisons, within LOGIT_ATOL.
+
+    Independent of the other tests: a pair that no other test compared (this test run alone, or a `-k` selection)
+    gets its forward comparison here, so the report always covers every pair."""
+    compared = {name for name, _, _ in MAX_LOGIT_DIFFS}
+    for kind, enc, dec in PAIRS:
+        pair = pair_of(kind, enc, dec)
+        if pair.name not in compared:
+            target = labels(seed=pair.seed)
+            ids = torch.cat([torch.full_like(target[:, :1], DECODER_START), target[:, :-1]], dim=1)
+            got = _forward(pair.model, pair.inputs, decoder_input_ids=ids).logits
+            expected = _forward(pair.oracle, pair.inputs, decoder_input_ids=ids).logits
+            _record(pair, "report-forward", (got - expected).abs().max().item())
+    assert {name for name, _, _ in MAX_LOGIT_DIFFS} >= {f"{kind}-{enc}-{dec}" for kind, enc, dec in PAIRS}
     name, check, diff = max(MAX_LOGIT_DIFFS, key=lambda item: item[2])
     print(f"max |logit diff| over {len(MAX_LOGIT_DIFFS)} comparisons: {diff:.3g} ({name}, {check})")
     assert diff <= LOGIT_ATOL
