@@ -58,6 +58,7 @@ __all__ = [
     "register_conditioning",
     "resolve_conditioning",
     "strategy",
+    "trains_with_conditioning",
 ]
 
 
@@ -108,3 +109,11 @@ def conditioning_parameter_names(model: nn.Module) -> set[str]:
     names = strategy(model.config.conditioning).parameter_names(model)
     names.update(name for name, _ in model.named_parameters() if name.split(".", 1)[0] not in ("encoder", "decoder"))
     return names
+
+
+def trains_with_conditioning(model: nn.Module) -> set[str]:
+    """The parameters that train when only what joins encoder and decoder trains (SmallCap, `--freeze
+    encoder+decoder`): the conditioning parameters and LoRA's low-rank weights, if LoRA was applied (PEFT names them
+    `lora_*`). The one rule for both."""
+    lora = {name for name, _ in model.named_parameters() if any(p.startswith("lora_") for p in name.split("."))}
+    return conditioning_parameter_names(model) | lora

@@ -17,7 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers.pytorch_utils import Conv1D
 
 from .. import inference
-from ..conditioning import conditioning_parameter_names
+from ..conditioning import trains_with_conditioning
 from ..configuration import VisionEncoderDecoderConfig
 from .composites import VisionEncoderDecoderModel
 
@@ -133,7 +133,7 @@ class SmallCapModel(VisionEncoderDecoderModel):
 
     def freeze_to_conditioning(self) -> None:
         """SmallCap's policy: only what joins encoder and decoder trains (`--freeze encoder+decoder`)."""
-        trainable = conditioning_parameter_names(self)
+        trainable = trains_with_conditioning(self)
         for name, param in self.named_parameters():
             param.requires_grad_(name in trainable)
 

@@ -13,16 +13,12 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..conditioning import conditioning_parameter_names
+from ..conditioning import trains_with_conditioning
 
 if TYPE_CHECKING:
     from ..models import SpliceModel
 
 FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
-
-
-def _is_lora_parameter(name: str) -> bool:
-    return any(part.startswith("lora_") for part in name.split("."))
 
 
 def trainable_counts(model: nn.Module, verbose: bool = True) -> dict[str, int]:
@@ -87,7 +83,7 @@ def freeze_policy_of(model: SpliceModel) -> str | None:
 
 def _trainable_under(model: SpliceModel, policy: str) -> dict[str, bool]:
     """Whether each parameter (by name, shared ones once) trains under `policy`."""
-    conditioning = conditioning_parameter_names(model)
+    conditioning = trains_with_conditioning(model)
     encoder_params = {id(param) for param in model.encoder.parameters()}
     trains = {}
     for name, param in model.named_parameters():
@@ -97,5 +93,5 @@ def _trainable_under(model: SpliceModel, policy: str) -> dict[str, bool]:
             # A weight shared with the encoder (tie_encoder_decoder) stays frozen with it.
             trains[name] = id(param) not in encoder_params
         else:
-            trains[name] = name in conditioning or _is_lora_parameter(name)
+            trains[name] = name in conditioning
     return trains
