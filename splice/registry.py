@@ -18,6 +18,8 @@ from transformers import (
 from .configuration import EncoderDecoderConfig, SpeechEncoderDecoderConfig, SpliceConfig, VisionEncoderDecoderConfig
 from .models import (
     EncoderDecoderModel,
+    LineEncoderConfig,
+    LineEncoderModel,
     SmallCapConfig,
     SmallCapModel,
     SpeechEncoderDecoderModel,
@@ -34,6 +36,8 @@ REGISTRY = (
     (SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, (AutoModel, AutoModelForSpeechSeq2Seq)),
     (SmallCapConfig, SmallCapModel, (AutoModel, AutoModelForImageTextToText)),
 )
+# Encoders splice adds (an encoder is built with `AutoModel`, like any other).
+ENCODERS = ((LineEncoderConfig, LineEncoderModel),)
 MODEL_CLASSES: dict[str, type[SpliceModel]] = {config.model_type: model for config, model, _ in REGISTRY}
 
 
@@ -46,6 +50,9 @@ def model_class(model_type: str) -> type[SpliceModel]:
 
 def register_auto_classes() -> None:
     """Register every splice class with transformers' Auto classes (idempotent)."""
+    for config, model in ENCODERS:
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
     for config, model, autos in REGISTRY:
         AutoConfig.register(config.model_type, config, exist_ok=True)
         for auto in autos:

@@ -1,12 +1,15 @@
-"""The models: `SpliceModel`, transformers' composite classes on it, and the SmallCap preset."""
+"""The models: `SpliceModel`, transformers' composite classes on it, the SmallCap preset, and splice's own encoder
+(`LineEncoderModel`, registered with `AutoModel` by `splice.registry`)."""
 
-from . import line_encoder  # noqa: F401  (registers model_type "splice_line_encoder" with AutoModel)
 from .composites import EncoderDecoderModel, SpeechEncoderDecoderModel, VisionEncoderDecoderModel
+from .line_encoder import LineEncoderConfig, LineEncoderModel
 from .smallcap import SmallCapConfig, SmallCapModel
 from .splice import SpliceModel, shift_tokens_right
 
 __all__ = [
     "EncoderDecoderModel",
+    "LineEncoderConfig",
+    "LineEncoderModel",
     "SmallCapConfig",
     "SmallCapModel",
     "SpeechEncoderDecoderModel",

@@ -16,7 +16,7 @@ import math
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 
@@ -142,8 +142,8 @@ class LineEncoderModel(PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutput | tuple:
-        # Channels-last activations: oneDNN's CPU convolutions, batch norm and pooling run faster on them (the OCR
-        # demo's step: about 0.8 times as long in bfloat16, 0.9 in float32).
+        # Channels-last activations: oneDNN's CPU convolutions, batch norm and pooling run faster on them
+        # (benchmarks/README.md, the OCR demo's rows).
         features = self.convolutions(pixel_values.contiguous(memory_format=torch.channels_last))  # [B, C, H', W']
         columns = features.mean(2).transpose(1, 2)  # [B, W', C]: rows averaged, left to right
         states = self.projection(columns) + self.position_embeddings[:, : columns.shape[1]]  # [B, W', E]
@@ -152,6 +152,3 @@ class LineEncoderModel(PreTrainedModel):
             return (states,)
         return BaseModelOutput(last_hidden_state=states)
 
-
-AutoConfig.register(LineEncoderConfig.model_type, LineEncoderConfig, exist_ok=True)
-AutoModel.register(LineEncoderConfig, LineEncoderModel, exist_ok=True)
