@@ -1,0 +1,47 @@
+"""`splice serve MODEL_DIR`: an HTTP service over a trained model (FastAPI + uvicorn), with dynamic batching."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `splice serve`."""
+    from ._inputs import at_least_one
+
+    parser.add_argument("model_dir", help="a directory saved by `splice train` (model and processor)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch-size", type=at_least_one, default=16, help="the most inputs generated together")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="how long an input waits for a batch")
+    parser.add_argument("--max-queue", type=at_least_one, default=256, help="waiting inputs before 503")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="the largest request body (413 above)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the model and serve it until SIGINT / SIGTERM (requests in flight are answered first)."""
+    try:
+        import uvicorn
+
+        from ..serve import create_app, load_backend
+    except ImportError as error:
+        raise SystemExit(f"splice serve: {error.name} is not installed; pip install 'splice[serve]'") from None
+    from ..training.config import ConfigError
+
+    if args.max_wait_ms < 0:
+        raise ConfigError(f"--max-wait-ms={args.max_wait_ms}: must be ≥ 0")
+    try:
+        backend = load_backend(args.model_dir, device=args.device, datastore=args.datastore)
+    except (ValueError, OSError) as error:
+        raise ConfigError(str(error)) from None
+    app = create_app(
+        backend,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60)

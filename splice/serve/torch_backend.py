@@ -1,0 +1,207 @@
+"""The PyTorch backend of `splice serve`: any splice composite saved with its processor (vision) or tokenizer (text),
+SmallCap with its retrieval datastore, and per-token cross-attention maps for native cross-attention.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..conditioning.base import position_limit
+from ..inference import encode_prompts
+from ..processing import decode_predictions
+from .backend import HeatmapUnsupported, Output, Settings
+
+# The largest `max_new_tokens` a request may ask for, whatever the model's own limit.
+MAX_NEW_TOKENS = 256
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The text each kept (non-special) token adds to the decoded text: their concatenation, stripped, is the text."""
+    special = set(tokenizer.all_special_ids)
+    kept = [int(i) for i in ids if int(i) not in special and int(i) >= 0]
+    pieces, before = [], ""
+    for end in range(1, len(kept) + 1):
+        text = tokenizer.decode(kept[:end], skip_special_tokens=True)
+        pieces.append(text[len(before) :] if text.startswith(before) else text)
+        before = text
+    return pieces
+
+
+def grid_of(num_states: int) -> tuple[int, int] | None:
+    """`(skip, side)`: encoder states that are a square patch grid after `skip` leading tokens (CLS, distillation)."""
+    for skip in (0, 1, 2):
+        side = math.isqrt(max(num_states - skip, 0))
+        if side > 1 and side * side == num_states - skip:
+            return skip, side
+    return None
+
+
+class TorchBackend:
+    r"""
+    Serves a splice composite with PyTorch.
+
+    Args:
+        model: a splice model (`eval()` mode), on `device`.
+        processor: its `SpliceProcessor` (vision) or tokenizer (text).
+        name: the name shown in responses.
+        datastore (*optional*): SmallCap: the retrieval datastore prompts come from (without one: the no-retrieval
+            prompt).
+    """
+
+    def __init__(self, model: Any, processor: Any, name: str, datastore: Any = None):
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.device = str(model.device)
+        self.datastore = datastore
+        self.task = "caption" if model.main_input_name == "pixel_values" else "generate"
+        self.tokenizer = processor.tokenizer if self.task == "caption" else processor
+        limit = position_limit(model.config.decoder)  # the decoder's positions, the start token included
+        self.max_new_tokens = min(MAX_NEW_TOKENS, limit - 1) if limit else MAX_NEW_TOKENS
+        self._grid = self._find_grid() if self.task == "caption" and self._native else None
+
+    @classmethod
+    def from_directory(cls, model_dir: Path, device: str = "cpu", datastore: str | None = None) -> TorchBackend:
+        """Load the model, its processor and (SmallCap) the datastore saved with it or at `datastore`."""
+        from transformers import AutoTokenizer
+
+        from ..processing import SpliceProcessor
+        from ..registry import model_class
+
+        config_file = model_dir / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"model_dir={str(model_dir)!r} has no config.json; pass the output_dir of `splice train`")
+        model_type = json.loads(config_file.read_text())["model_type"]
+        model = model_class(model_type).from_pretrained(model_dir).to(device).eval()
+        if model.main_input_name not in ("pixel_values", "input_ids"):
+            raise ValueError(
+                f"model_dir={str(model_dir)!r}: a {model.main_input_name!r} encoder; `splice serve` serves image "
+                "(pixel_values) and text (input_ids) encoders"
+            )
+        processor = (SpliceProcessor if model.main_input_name == "pixel_values" else AutoTokenizer).from_pretrained(
+            model_dir
+        )
+        store = None
+        if hasattr(model, "prompts"):  # SmallCap: retrieval prompts
+            store_dir = Path(datastore) if datastore else model_dir / "datastore"
+            if store_dir.is_dir():
+                from ..retrieval import load_datastore_for
+
+                store = load_datastore_for(store_dir, model, processor.image_processor)
+            elif datastore:
+                raise ValueError(f"--datastore {datastore!r}: no such directory")
+        elif datastore:
+            raise ValueError(f"--datastore {datastore!r}: the model is not retrieval-augmented (SmallCap)")
+        return cls(model, processor, model_dir.resolve().name, store)
+
+    @property
+    def _native(self) -> bool:
+        return getattr(self.model.config, "conditioning", "native") == "native"
+
+    def _find_grid(self) -> tuple[int, int] | None:
+        from PIL import Image
+
+        pixels = self.processor(images=[Image.new("RGB", (64, 64))])["pixel_values"].to(self.device, self.model.dtype)
+        with torch.no_grad():
+            states = self.model.encoder(pixel_values=pixels).last_hidden_state
+        return grid_of(states.shape[1]) if states.dim() == 3 else None
+
+    def heatmap_problem(self, settings: Settings) -> str | None:
+        if not settings.heatmap:
+            return None
+        if self.task != "caption":
+            return "heatmap=true needs an image model; this model generates from text"
+        if not self._native:
+            mode = self.model.config.conditioning
+            return (
+                f"heatmap=true needs conditioning='native' (the decoder's own cross-attention); this model uses "
+                f"{mode!r}, which has no per-token attention map in this server yet"
+            )
+        if self._grid is None:
+            return "heatmap=true needs an encoder whose states are a square patch grid (ViT-like); this one is not"
+        if settings.num_beams != 1:
+            return f"heatmap=true needs num_beams=1 (greedy decoding), got num_beams={settings.num_beams}"
+        return None
+
+    def _kwargs(self, settings: Settings) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"num_beams": settings.num_beams}
+        if settings.max_new_tokens is not None:
+            kwargs["max_new_tokens"] = settings.max_new_tokens
+        return kwargs
+
+    @torch.no_grad()
+    def run(self, inputs: Sequence[Any], settings: Settings) -> list[Output]:
+        if self.task == "generate":
+            return self._generate(inputs, settings)
+        problem = self.heatmap_problem(settings)
+        if problem:
+            raise HeatmapUnsupported(problem)
+        images = list(inputs)
+        pixels = self.processor(images=images)["pixel_values"].to(self.device, self.model.dtype)
+        prompt: dict[str, torch.Tensor] = {}
+        if hasattr(self.model, "prompts"):  # SmallCap: left-padded prompts; positions count real tokens
+            retrieved = None
+            if self.datastore is not None:
+                retrieved = self.datastore.retrieve_for_images(images, k=self.model.config.retrieval_k)
+            config = self.model.config
+            ids, mask = encode_prompts(
+                self.tokenizer, self.model.prompts(retrieved, len(images)), config.decoder_start_token_id,
+                config.pad_token_id,
+            )  # fmt: skip
+            prompt = {"decoder_input_ids": ids.to(self.device), "decoder_attention_mask": mask.to(self.device)}
+        sequences = self.model.generate(pixels, **prompt, **self._kwargs(settings))
+        start = prompt["decoder_input_ids"].shape[1] if prompt else 0
+        texts = decode_predictions(self.tokenizer, sequences[:, start:])
+        first = start or 1  # the first generated position (after the prompt, or after the decoder start token)
+        outputs = [Output(t, token_pieces(self.tokenizer, row.tolist())) for t, row in zip(texts, sequences[:, first:])]
+        if settings.heatmap:
+            for output, maps in zip(outputs, self._attention(pixels, sequences, prompt, first)):
+                output.attention = maps
+        return outputs
+
+    def _generate(self, texts: Sequence[str], settings: Settings) -> list[Output]:
+        inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
+        sequences = self.model.generate(**inputs, **self._kwargs(settings))
+        texts = decode_predictions(self.tokenizer, sequences)
+        return [Output(t, token_pieces(self.tokenizer, row.tolist())) for t, row in zip(texts, sequences)]
+
+    def _attention(
+        self, pixels: torch.Tensor, sequences: torch.Tensor, prompt: dict[str, torch.Tensor], first: int
+    ) -> list[list[Any]]:
+        """Per row, per kept generated token: cross-attention of the step that produced it, averaged over heads and
+        layers, on the patch grid, scaled to [0, 1]."""
+        skip, side = self._grid
+        mask = torch.ones_like(sequences)
+        if prompt:
+            mask[:, :first] = prompt["decoder_attention_mask"]
+        extra = {}
+        if prompt and self.model._decoder_takes_position_ids:
+            extra["decoder_position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        decoder = self.model.decoder
+        before = decoder.config._attn_implementation
+        decoder.set_attn_implementation("eager")  # only eager attention returns its weights
+        try:
+            out = self.model(
+                pixel_values=pixels, decoder_input_ids=sequences, decoder_attention_mask=mask, output_attentions=True,
+                **extra,
+            )  # fmt: skip
+        finally:
+            decoder.set_attn_implementation(before)
+        attention = torch.stack([layer.float() for layer in out.cross_attentions]).mean((0, 2))  # [B, T, S]
+        special = set(self.tokenizer.all_special_ids)
+        maps = []
+        for row, ids in enumerate(sequences.tolist()):
+            grids = []
+            for position in range(first, len(ids)):
+                if ids[position] in special or ids[position] < 0:
+                    continue
+                grid = attention[row, position - 1, skip : skip + side * side].reshape(side, side)
+                grids.append((grid / grid.max().clamp(min=1e-12)).tolist())
+            maps.append(grids)
+        return maps
