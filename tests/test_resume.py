@@ -42,7 +42,6 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.slow  # end to end: two full training runs per policy (`-m slow`, .ci/run's own step)
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, monkeypatch, policy):
     flags = [*BASE, "--n-train", "16", "--epochs", "2", *POLICIES[policy]]

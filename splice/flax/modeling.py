@@ -325,9 +325,8 @@ def _opt(x: Any) -> jax.Array | None:
 
 
 def _rngs(dropout_rng: jax.Array | None, train: bool) -> nnx.Rngs | None:
-    """Dropout keys drawn from `dropout_rng` with the "rbg" generator: its masks compile several times faster than
-    threefry's (measured through jax2tf on a tiny bert2gpt2, loaded machine: first forward 12.2 s -> 4.4 s, first
-    gradient 16.6 s -> 10.5 s), and lower to TensorFlow."""
+    """Dropout keys drawn from `dropout_rng` with the "rbg" generator: its masks compile faster than threefry's (see
+    benchmarks/README.md) and lower to TensorFlow."""
     if not train:
         return None
     data = jax.random.key_data(dropout_rng) if jnp.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key) else dropout_rng
