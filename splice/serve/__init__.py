@@ -1,13 +1,14 @@
 """`splice serve`: an HTTP service over a trained model, with dynamic batching, Prometheus metrics, per-token
 cross-attention heatmaps and a page to try it (FastAPI + uvicorn: `pip install "splice[serve]"`).
 
-One concept per module: `backend` (what a model must provide, and the loaders: PyTorch now, other runtimes later),
-`torch_backend` (the PyTorch one), `batching` (the queue and its worker thread), `images` (uploads into images),
-`requests` (request and response bodies), `heatmaps` (attention maps into overlays), `metrics` (Prometheus), `app`
-(the routes) and `static/` (the page). The command is `splice.cli.serve`.
+One concept per module: `backend` (what a model must provide), `loading` (which backend serves a directory: PyTorch
+now, other runtimes later), `torch_backend` (the PyTorch one), `batching` (the queue and its worker thread), `images`
+(uploads into images), `requests` (request and response bodies), `heatmaps` (attention maps into overlays), `metrics`
+(Prometheus), `app` (the routes) and `static/` (the page). The command is `splice.cli.serve`.
 """
 
 from .app import create_app
-from .backend import Backend, Output, Settings, load_backend
+from .backend import Backend, Output, Settings
+from .loading import LOADERS, load_backend
 
-__all__ = ["Backend", "Output", "Settings", "create_app", "load_backend"]
+__all__ = ["LOADERS", "Backend", "Output", "Settings", "create_app", "load_backend"]

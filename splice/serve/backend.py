@@ -3,15 +3,13 @@
 A backend generates for a batch of inputs that share one set of [`Settings`] and returns one [`Output`] per input, in
 order. The batcher calls it from its single worker thread only, so a backend need not be thread-safe. The PyTorch
 backend (`torch_backend.TorchBackend`) serves any splice composite; another runtime (e.g. onnxruntime over a
-directory written by `splice export`) plugs in by adding a loader to `LOADERS`: a function that returns a backend for
-a directory it recognises, or `None` to let the next loader try.
+directory written by `splice export`) plugs in by adding a loader to `loading.LOADERS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 Task = Literal["caption", "generate"]
@@ -55,33 +53,3 @@ class Backend(Protocol):
         """Generate for a batch of PIL images (`task == "caption"`) or strings (`"generate"`), one output each.
 
         Each output must equal what the input alone would give with the same settings."""
-
-
-Loader = Callable[[Path, str, "str | None"], "Backend | None"]
-
-
-def _torch_loader(model_dir: Path, device: str, datastore: str | None) -> Backend:
-    from .torch_backend import TorchBackend
-
-    return TorchBackend.from_directory(model_dir, device=device, datastore=datastore)
-
-
-# Tried in order; the first that returns a backend serves the directory. PyTorch takes any splice directory, so other
-# runtimes (onnxruntime for `splice export` output) go before it.
-LOADERS: list[Loader] = [_torch_loader]
-
-
-def load_backend(model_dir: str | Path, device: str = "cpu", datastore: str | None = None) -> Backend:
-    r"""
-    The backend that serves `model_dir`.
-
-    Args:
-        model_dir: a directory saved by `save_pretrained` with its processor (or tokenizer) next to it.
-        device: `"cpu"` or `"cuda"`.
-        datastore (*optional*): SmallCap: retrieve prompts from this datastore (default: the one saved with the model).
-    """
-    for loader in LOADERS:
-        backend = loader(Path(model_dir), device, datastore)
-        if backend is not None:
-            return backend
-    raise ValueError(f"model_dir={str(model_dir)!r}: no backend can serve this directory")

@@ -1,0 +1,42 @@
+"""Which backend serves a model directory: a list of loaders, tried in order.
+
+A loader is a function `(model_dir, device, datastore) -> Backend | None` that returns a backend for a directory it
+recognises, or `None` to let the next loader try. PyTorch takes any splice directory, so another runtime (e.g.
+onnxruntime over a directory written by `splice export`) goes before it: `LOADERS.insert(0, onnx_loader)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .backend import Backend
+
+Loader = Callable[[Path, str, "str | None"], "Backend | None"]
+
+
+def _torch_loader(model_dir: Path, device: str, datastore: str | None) -> Backend:
+    from .torch_backend import TorchBackend  # torch and transformers load with the model, not with the app
+
+    return TorchBackend.from_directory(model_dir, device=device, datastore=datastore)
+
+
+# Tried in order; the first that returns a backend serves the directory. PyTorch takes any splice directory, so other
+# runtimes (onnxruntime for `splice export` output) go before it.
+LOADERS: list[Loader] = [_torch_loader]
+
+
+def load_backend(model_dir: str | Path, device: str = "cpu", datastore: str | None = None) -> Backend:
+    r"""
+    The backend that serves `model_dir`.
+
+    Args:
+        model_dir: a directory saved by `save_pretrained` with its processor (or tokenizer) next to it.
+        device: `"cpu"` or `"cuda"`.
+        datastore (*optional*): SmallCap: retrieve prompts from this datastore (default: the one saved with the model).
+    """
+    for loader in LOADERS:
+        backend = loader(Path(model_dir), device, datastore)
+        if backend is not None:
+            return backend
+    raise ValueError(f"model_dir={str(model_dir)!r}: no backend can serve this directory")
