@@ -63,3 +63,33 @@ def png(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+SMALLCAP_CAPTIONS = [
+    "a red circle", "a blue square on the left", "two green stars at the top right", "a big small star",
+    "three red squares on the bottom left", "a circle", "green", "a blue star on the right of a red square",
+]  # fmt: skip
+
+
+def save_smallcap(directory: Path, retrieval_k: int = 2) -> Path:
+    """A SmallCap model (CLIP vision 32 px, 4x4 patches; GPT-2, reduced cross-attention) with a datastore of
+    captions of different lengths saved next to it (its own frozen encoder embeds the keys)."""
+    from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel, build_prompt
+    from splice.retrieval import Datastore, frozen_encoder_embedder
+
+    tokenizer = train_tokenizer(SMALLCAP_CAPTIONS + WORDS + [NO_RETRIEVAL_PROMPT, build_prompt(SMALLCAP_CAPTIONS)])
+    vision = T.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    decoder = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=len(tokenizer),
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    config = SmallCapConfig.from_encoder_decoder_configs(vision, decoder, retrieval_k=retrieval_k)
+    model = SmallCapModel(config)
+    randomize(model, seed=0, std=1.5)
+    processor = splice.SpliceProcessor(T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    embedder = frozen_encoder_embedder(model.encoder.eval(), processor.image_processor)
+    keys = [image(seed) for seed in range(len(SMALLCAP_CAPTIONS))]
+    Datastore.build(SMALLCAP_CAPTIONS, embedder, key_kind="image", images=keys).save(directory / "datastore")
+    return directory

@@ -1,0 +1,204 @@
+"""`splice serve` over real tiny models, in process (httpx's ASGI transport): the API, dynamic batching that gives
+each request exactly its single-request output (mixed image sizes, settings, prompt lengths), heatmaps, SmallCap."""
+
+import asyncio
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+from serve_tiny import image, png, save_captioner, save_smallcap, save_text_model
+
+from splice.serve import Settings, create_app, load_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    return load_backend(save_captioner(tmp_path_factory.mktemp("captioner")))
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    return load_backend(save_text_model(tmp_path_factory.mktemp("text")))
+
+
+@pytest.fixture(scope="module")
+def smallcap(tmp_path_factory):
+    return load_backend(save_smallcap(tmp_path_factory.mktemp("smallcap")))
+
+
+def serve(app, exchange):
+    """Run `exchange(client)` against `app` (its lifespan started, so the batcher runs) and return its result."""
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve.test", timeout=60) as client:
+                return await exchange(client)
+
+    return asyncio.run(main())
+
+
+def form(*images, **fields):
+    files = [("image", (f"{i}.png", png(picture), "image/png")) for i, picture in enumerate(images)]
+    return {"files": files, "data": {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}}
+
+
+def expected(backend, picture, settings):
+    """What the backend gives this image alone."""
+    return backend.run([picture], settings)[0]
+
+
+def batch_sizes(metrics_text: str) -> tuple[float, float]:
+    values = dict(line.rsplit(" ", 1) for line in metrics_text.splitlines() if line.startswith("splice_batch_size_"))
+    return float(values["splice_batch_size_count"]), float(values["splice_batch_size_sum"])
+
+
+def test_caption_multipart_json_and_several_images_match_the_model(captioner):
+    pictures = [image(1), image(2, (70, 20)), image(3, (15, 60))]
+    settings = Settings(max_new_tokens=8)
+
+    async def exchange(client):
+        one = await client.post("/v1/caption", **form(pictures[0], max_new_tokens=8))
+        encoded = base64.b64encode(png(pictures[0])).decode()
+        as_json = await client.post(
+            "/v1/caption", json={"image": "data:image/png;base64," + encoded, "max_new_tokens": 8}
+        )
+        several = await client.post("/v1/caption", **form(*pictures, max_new_tokens=8))
+        listed = await client.post("/v1/caption", json={"image": [encoded], "max_new_tokens": 8})
+        return one, as_json, several, listed
+
+    one, as_json, several, listed = serve(create_app(captioner), exchange)
+    alone = expected(captioner, pictures[0], settings)
+    assert one.status_code == 200 and one.json() == {
+        "caption": alone.text,
+        "tokens": alone.tokens,
+        "model": captioner.name,
+    }
+    assert as_json.json() == one.json()
+    assert "".join(alone.tokens).strip() == alone.text and alone.text
+    assert several.json()["captions"] == [
+        {"caption": o.text, "tokens": o.tokens, "model": captioner.name}
+        for o in (expected(captioner, p, settings) for p in pictures)
+    ]
+    assert listed.json() == {"captions": [one.json()], "model": captioner.name}
+
+
+def test_concurrent_requests_batch_and_each_gets_its_single_request_output(captioner):
+    # Mixed image sizes and settings, sent at once: batches form per settings, and each answer equals the lone run.
+    cases = [(image(seed), Settings(num_beams=1 + (seed % 3 == 0) * 2, max_new_tokens=(None, 6)[seed % 2]))
+             for seed in range(24)]  # fmt: skip
+    app = create_app(captioner, max_batch_size=8, max_wait_ms=300)
+
+    async def exchange(client):
+        requests = [
+            client.post("/v1/caption", **form(p, num_beams=s.num_beams, **({"max_new_tokens": s.max_new_tokens}
+                                                                          if s.max_new_tokens else {})))
+            for p, s in cases
+        ]  # fmt: skip
+        responses = await asyncio.gather(*requests)
+        return responses, (await client.get("/metrics")).text
+
+    responses, metrics = serve(app, exchange)
+    for (picture, settings), response in zip(cases, responses):
+        alone = expected(captioner, picture, settings)
+        assert response.status_code == 200 and response.json()["caption"] == alone.text
+        assert response.json()["tokens"] == alone.tokens
+    batches, inputs = batch_sizes(metrics)
+    assert inputs == len(cases) and batches <= 8  # 4 settings groups of 6, at most 8 per batch: batched, not 24 runs
+    assert len({r.json()["caption"] for r in responses}) > 3  # the captions differ: the equality is not vacuous
+
+
+def test_text_composite_generates_batched_with_different_lengths(text_model):
+    texts = ["a", "a red circle on the left", "two big blue squares at the top right of a green star", "green"]
+    settings = Settings(max_new_tokens=7)
+    app = create_app(text_model, max_batch_size=16, max_wait_ms=200)
+
+    async def exchange(client):
+        singles = await asyncio.gather(
+            *(client.post("/v1/generate", json={"text": t, "max_new_tokens": 7}) for t in texts)
+        )
+        listed = await client.post("/v1/generate", json={"text": texts, "max_new_tokens": 7})
+        wrong = await client.post("/v1/caption", **form(image(0)))
+        return singles, listed, wrong, (await client.get("/metrics")).text
+
+    singles, listed, wrong, metrics = serve(app, exchange)
+    alone = [text_model.run([t], settings)[0].text for t in texts]
+    assert [r.json()["outputs"] for r in singles] == [[a] for a in alone]
+    assert listed.json() == {"outputs": alone, "model": text_model.name}
+    assert batch_sizes(metrics)[0] == 2  # the four single requests in one batch, the list in another
+    assert wrong.status_code == 400 and "/v1/generate" in wrong.json()["detail"]
+
+
+def test_smallcap_retrieves_prompts_of_different_lengths_and_batches_exactly(smallcap, tmp_path):
+    pictures = [image(seed) for seed in range(6)]
+    prompts = smallcap.model.prompts(smallcap.datastore.retrieve_for_images(pictures, k=2), len(pictures))
+    assert len({len(p) for p in prompts}) > 2  # prompts of several lengths share the batch (left-padded)
+    settings = Settings(max_new_tokens=6)
+    app = create_app(smallcap, max_batch_size=16, max_wait_ms=300)
+
+    async def exchange(client):
+        return await asyncio.gather(*(client.post("/v1/caption", **form(p, max_new_tokens=6)) for p in pictures))
+
+    responses = serve(app, exchange)
+    assert [r.json()["caption"] for r in responses] == [expected(smallcap, p, settings).text for p in pictures]
+    assert [r.json()["caption"] for r in responses] == smallcap.model.caption(
+        pictures, smallcap.processor, smallcap.datastore.retrieve_for_images(pictures, k=2), max_new_tokens=6
+    )
+
+
+def test_smallcap_datastore_flag_and_errors(tmp_path):
+    model_dir = save_smallcap(tmp_path / "model")
+    (model_dir / "datastore").rename(tmp_path / "elsewhere")
+    assert load_backend(model_dir).datastore is None  # no datastore: the no-retrieval prompt
+    assert load_backend(model_dir, datastore=str(tmp_path / "elsewhere")).datastore is not None
+    with pytest.raises(ValueError, match="no such directory"):
+        load_backend(model_dir, datastore=str(tmp_path / "missing"))
+
+
+def test_heatmaps_one_png_per_token_and_clear_errors(captioner, tmp_path):
+    picture = image(5, (40, 64))
+
+    async def exchange(client):
+        maps = await client.post("/v1/caption", **form(picture, heatmap=True, max_new_tokens=6))
+        beams = await client.post("/v1/caption", **form(picture, heatmap=True, num_beams=2))
+        return maps, beams
+
+    maps, beams = serve(create_app(captioner), exchange)
+    body = maps.json()
+    assert body["caption"] == expected(captioner, picture, Settings(max_new_tokens=6)).text
+    assert len(body["heatmaps"]) == len(body["tokens"]) > 0
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmaps"][0].split(",", 1)[1])))
+    assert overlay.format == "PNG" and overlay.size[0] / overlay.size[1] == pytest.approx(64 / 40, rel=0.05)
+    assert beams.status_code == 400 and "num_beams=1" in beams.json()["detail"]
+
+    injected = load_backend(save_captioner(tmp_path / "injected", conditioning="injected"))
+    refused = serve(create_app(injected), lambda client: client.post("/v1/caption", **form(picture, heatmap=True)))
+    assert refused.status_code == 400 and "conditioning='native'" in refused.json()["detail"]
+    assert "'injected'" in refused.json()["detail"]
+
+
+def test_health_metrics_docs_and_page(captioner):
+    async def exchange(client):
+        await client.post("/v1/caption", **form(image(0), max_new_tokens=3))
+        await client.post("/v1/caption", json={"image": "####"})
+        paths = ["/health", "/metrics", "/docs", "/openapi.json", "/", "/static/page.js"]
+        return [await client.get(path) for path in paths]
+
+    health, metrics, docs, schema, page, script = serve(create_app(captioner), exchange)
+    assert health.json() | {"queue_depth": 0} == {
+        "status": "ok", "model": captioner.name, "device": "cpu", "task": "caption", "heatmaps": True,
+        "queue_depth": 0, "max_batch_size": 16,
+    }  # fmt: skip
+    for name in ("splice_requests_total", "splice_errors_total", "splice_batch_size_bucket", "splice_queue_depth",
+                 "splice_request_latency_seconds_bucket"):  # fmt: skip
+        assert name in metrics.text
+    assert 'splice_requests_total{endpoint="/v1/caption",status="400"} 1.0' in metrics.text
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    content = schema.json()["paths"]["/v1/caption"]["post"]["requestBody"]["content"]
+    assert set(content) == {"multipart/form-data", "application/json"}
+    assert "/v1/generate" in schema.json()["paths"]
+    assert page.status_code == 200 and "page.js" in page.text and "mouseenter" in script.text
