@@ -4,7 +4,7 @@ of `/v1/caption`'s two forms, multipart files or JSON with base64 images."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -30,14 +30,17 @@ class CaptionOptions(Options):
     heatmap: bool = Field(False, description="per-token cross-attention maps, as PNG data URLs, in `heatmaps`")
 
 
+Items = Annotated[list[str], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
 class CaptionJSON(CaptionOptions):
-    image: str | list[str] = Field(
+    image: str | Items = Field(
         ..., description="a base64-encoded image file (or a list of them); a data: URL prefix is allowed"
     )
 
 
 class GenerateRequest(Options):
-    text: str | list[str] = Field(..., description="a source text (or a list of them)")
+    text: str | Items = Field(..., description=f"a source text (or a list of 1 to {MAX_ITEMS})")
 
 
 class Caption(BaseModel):
@@ -139,12 +142,6 @@ async def read_caption(request: Request, max_bytes: int) -> tuple[list[bytes], C
         except ValidationError as error:
             raise validation_error(error) from None
         images = [body.image] if isinstance(body.image, str) else body.image
-        if not images:
-            raise RequestValidationError(
-                [{"type": "too_short", "loc": ("body", "image"), "msg": "the list is empty: send at least one image"}]
-            )
-        if len(images) > MAX_ITEMS:
-            raise _too_many(len(images))
         names = [f"image[{i}]" if not isinstance(body.image, str) else "image" for i in range(len(images))]
         try:
             blobs = [from_base64(text, name) for text, name in zip(images, names)]
