@@ -17,6 +17,7 @@ COMMANDS = {
     "caption": "caption images with a trained model",
     "eval": "print a trained model's metrics on a data source",
     "datastore": "build or query a caption datastore for retrieval",
+    "export": "export a model to ONNX (encoder + merged decoder) with a check against PyTorch",
     "serve": "serve a trained model over HTTP, batched (pip install 'splice[serve]')",
 }
 

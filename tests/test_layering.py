@@ -12,7 +12,7 @@ LAYERS = {
     0: ["_compat", "_version", "encoders", "token_ids", "processing", "onednn", "data_io"],
     1: ["conditioning", "inference"],
     2: ["configuration", "models", "registry"],
-    3: ["data", "retrieval", "training", "flax", "tf", "serve"],
+    3: ["data", "retrieval", "training", "flax", "tf", "serve", "export"],
     4: ["cli"],
     5: ["__init__"],  # the package's face
 }

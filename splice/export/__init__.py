@@ -1,0 +1,260 @@
+"""`splice.export.export_onnx`: a splice model (or its directory) -> a self-contained ONNX directory (optimum's layout).
+
+`OUT_DIR` holds `encoder_model.onnx`, one `decoder_model_merged.onnx` (boolean `use_cache_branch`: the first step or a
+cached step, weights stored once), `config.json`, `generation_config.json`, the tokenizer / image-processor files and
+`splice_onnx.json` (the format version and the graphs' layout). `splice_onnx` (no torch) runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from splice_onnx import FORMAT_VERSION, MANIFEST
+
+from .._version import __version__
+from .graphs import DecoderStep, EncoderGraph, Layout, detect_layout, export_graph
+
+ENCODER_FILE = "encoder_model.onnx"
+DECODER_FILE = "decoder_model_merged.onnx"
+QUANTIZED_SUFFIX = "_quantized"
+DEFAULT_OPSET = 17
+# What a deployment needs besides the graphs (whichever the model's directory has).
+PROCESSOR_FILES = (
+    "preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja",
+)  # fmt: skip
+LOGITS_ATOL = 1e-4
+
+__all__ = ["DEFAULT_OPSET", "FORMAT_VERSION", "MANIFEST", "ExportError", "export_onnx", "load_model"]
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made, or does not reproduce the PyTorch model (the message names what and the fix)."""
+
+
+def load_model(model_or_dir: Any) -> torch.nn.Module:
+    """A splice model in eval mode, fp32, from an instance or a directory saved by splice or transformers."""
+    if isinstance(model_or_dir, torch.nn.Module):
+        model = model_or_dir
+    else:
+        from ..registry import model_class
+
+        folder = Path(model_or_dir)
+        if not (folder / "config.json").is_file():
+            raise ExportError(
+                f"model={str(model_or_dir)!r}: no config.json there; pass a directory written by "
+                "`model.save_pretrained` or `splice train` (its output_dir)."
+            )
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        try:
+            cls = model_class(model_type)
+        except ValueError as error:
+            raise ExportError(f"model={str(folder)!r}: {error}") from None
+        model = cls.from_pretrained(str(folder))
+    if not hasattr(model, "conditioning"):
+        raise ExportError(
+            f"{type(model).__name__} is not a splice model; load the directory with splice (e.g. "
+            "`splice.VisionEncoderDecoderModel.from_pretrained`) or pass its path."
+        )
+    return model.float().eval()
+
+
+def _encoder_names(model: torch.nn.Module) -> list[str]:
+    name = model.encoder.main_input_name
+    return [name, "attention_mask"] if name == "input_ids" else [name]
+
+
+def example_encoder_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random encoder inputs for tracing and checking (text: right-padded rows, so the mask matters)."""
+    gen = torch.Generator().manual_seed(seed)
+    config = model.config.encoder
+    name = model.encoder.main_input_name
+    if name == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return {name: torch.randn(batch, getattr(config, "num_channels", 3), height, width, generator=gen)}
+    if name == "input_ids":
+        ids = torch.randint(3, min(config.vocab_size, 1000), (batch, 7), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[1:, 4:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+    raise ExportError(
+        f"encoder input {name!r} ({type(model.encoder).__name__}): splice export handles image (pixel_values) and "
+        "text (input_ids) encoders so far; export a vision or text composite, or open an issue for this encoder."
+    )
+
+
+def _past_inputs(layout: Layout, present: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    return dict(zip(layout.past_names(), present))
+
+
+def _copy_processor_files(source: Path | None, out: Path) -> None:
+    if source is None or not source.is_dir():
+        return
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+    if not (out / "tokenizer.json").is_file() and (source / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer  # writes tokenizer.json, which the torch-free runtime reads
+
+        AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(out))
+
+
+def export_onnx(
+    model_or_dir: Any,
+    out_dir: str | Path,
+    opset: int = DEFAULT_OPSET,
+    quantize: str | None = None,
+    check: bool = True,
+    progress: Callable[[str], None] | None = print,
+) -> Path:
+    r"""
+    Export a splice model to ONNX in optimum's layout, then load the export and check it against PyTorch.
+
+    Args:
+        model_or_dir: a splice model, or a directory saved by splice / transformers (TrOCR, vit-gpt2, bert2bert ...).
+        out_dir: where to write (created; existing files of the same names are replaced).
+        opset: the ONNX opset (default 17).
+        quantize: `"int8"` also writes `*_quantized.onnx` (onnxruntime dynamic quantization, LM head kept fp32).
+        check: run both graphs on a generated input and compare logits (|diff| <= 1e-4) and greedy ids with PyTorch;
+            a mismatch raises `ExportError`.
+        progress: called with one line per stage (`None`: silent).
+
+    Returns:
+        `Path`: `out_dir`.
+    """
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize={quantize!r} is not supported; use 'int8' (onnxruntime dynamic) or leave it out.")
+    if not 14 <= opset <= 20:
+        raise ExportError(f"opset={opset} is out of range; use 14 to 20 (default {DEFAULT_OPSET}).")
+    say = progress or (lambda line: None)
+    started = time.perf_counter()
+    model = load_model(model_or_dir)
+    source = Path(model_or_dir) if isinstance(model_or_dir, str | Path) else None
+    if source is None and isinstance(getattr(model.config, "name_or_path", None), str):
+        source = Path(model.config.name_or_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    names = _encoder_names(model)
+    inputs = example_encoder_inputs(model)
+    encoder = EncoderGraph(model, names)
+    with torch.no_grad():
+        states = encoder(*inputs.values())
+    mask = inputs.get("attention_mask")
+    layout = detect_layout(model, states, mask)
+    layout.encoder_inputs = names
+    say(f"[1/5] encoder: {type(model.encoder).__name__} -> {ENCODER_FILE}")
+    export_graph(encoder, tuple(inputs.values()), str(out / ENCODER_FILE), names, ["last_hidden_state"], layout,
+                 False, opset)  # fmt: skip
+
+    say(f"[2/5] decoder: {type(model.decoder).__name__} ({model.config.conditioning}) -> {DECODER_FILE}")
+    _export_decoder(model, layout, states, mask, out / DECODER_FILE, opset)
+
+    say("[3/5] config, generation config, processor files")
+    model.config.save_pretrained(str(out))
+    model.generation_config.save_pretrained(str(out))
+    _copy_processor_files(source, out)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "splice_version": __version__,
+        "conditioning": model.config.conditioning,
+        "decoder_model_type": model.config.decoder.model_type,
+        "vocab_size": model.config.decoder.vocab_size,
+        "layout": layout.to_json(),
+        "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE},
+        "opset": opset,
+    }
+    if quantize:
+        from .quantize import quantize_int8
+
+        say("[4/5] int8 dynamic quantization (LM head kept fp32)")
+        manifest["quantized_files"] = quantize_int8(out, [ENCODER_FILE, DECODER_FILE], model, QUANTIZED_SUFFIX)
+    else:
+        say("[4/5] quantization: none")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    if check:
+        say("[5/5] checking the export against PyTorch")
+        diff = check_export(model, out)
+        say(f"      max |logits diff| = {diff:.2e}; greedy ids equal")
+    else:
+        say("[5/5] check skipped")
+    say(f"exported to {out} in {time.perf_counter() - started:.1f} s")
+    return out
+
+
+def _export_decoder(
+    model: torch.nn.Module, layout: Layout, states: torch.Tensor, mask: torch.Tensor | None, path: Path, opset: int
+) -> None:
+    import onnx
+
+    from .merge import merge_decoders
+
+    batch = states.shape[0]
+    ids = torch.randint(3, model.config.decoder.vocab_size, (batch, 3), generator=torch.Generator().manual_seed(1))
+    ids[:, 0] = model.config.decoder_start_token_id or 0
+    extra = [mask] if layout.encoder_mask else []
+    first, step = DecoderStep(model, layout, False), DecoderStep(model, layout, True)
+    with torch.no_grad():
+        present = first(ids, states, *extra)[1:]
+    presents = [name.replace("past_key_values", "present") for name in layout.past_names()]
+    output_names = ["logits", *presents]
+    past = _past_inputs(layout, present)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_graph(first, (ids, states, *extra), f"{tmp}/first.onnx", layout.decoder_inputs, output_names, layout,
+                     False, opset)  # fmt: skip
+        export_graph(step, (ids[:, -1:], states, *extra, *past.values()), f"{tmp}/step.onnx",
+                     layout.decoder_inputs + list(past), output_names, layout, True, opset)  # fmt: skip
+        merged = merge_decoders(
+            onnx.load(f"{tmp}/first.onnx"),
+            onnx.load(f"{tmp}/step.onnx"),
+            layout.decoder_inputs + layout.past_names(),
+            output_names,
+        )
+    onnx.save(merged, str(path))
+
+
+def check_export(model: torch.nn.Module, out: Path, atol: float = LOGITS_ATOL) -> float:
+    """Both graphs' logits against PyTorch on a generated input, and 4 greedy ids; returns the largest logit diff."""
+    from splice_onnx import OnnxSeq2Seq
+
+    runtime = OnnxSeq2Seq.from_pretrained(out)
+    inputs = example_encoder_inputs(model, seed=3)
+    feed = {name: tensor.numpy() for name, tensor in inputs.items()}
+    diff = runtime_logit_diff(model, runtime, inputs, feed)
+    if not diff <= atol:
+        raise ExportError(
+            f"The export's logits differ from PyTorch by {diff:.2e} (> {atol:.0e}) in {out}: an operator is exported "
+            "differently. Re-export with another --opset, and report the decoder family if it persists."
+        )
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=4, num_beams=1, do_sample=False).numpy()
+    got = runtime.generate(feed, max_new_tokens=4, num_beams=1, do_sample=False)
+    if expected.shape != got.shape or not np.array_equal(expected, got):
+        raise ExportError(f"Greedy ids differ from PyTorch in {out}: {got.tolist()} vs {expected.tolist()}.")
+    return diff
+
+
+def runtime_logit_diff(model: torch.nn.Module, runtime: Any, inputs: dict[str, torch.Tensor], feed: dict) -> float:
+    """Max |logit diff| of the runtime's first step (3 ids) and a cached step against the PyTorch model."""
+    batch = next(iter(inputs.values())).shape[0]
+    ids = torch.randint(3, model.config.decoder.vocab_size, (batch, 4), generator=torch.Generator().manual_seed(2))
+    ids[:, 0] = model.config.decoder_start_token_id or 0
+    with torch.no_grad():
+        expected = model(**inputs, decoder_input_ids=ids).logits.numpy()
+    states = runtime.encode(feed)
+    mask = feed.get("attention_mask")
+    logits, past = runtime.decode(ids[:, :3].numpy(), states, mask, None)
+    last, _ = runtime.decode(ids[:, 3:].numpy(), states, mask, past)
+    return float(max(np.abs(logits - expected[:, :3]).max(), np.abs(last - expected[:, 3:]).max()))

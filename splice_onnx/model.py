@@ -1,0 +1,182 @@
+"""An exported splice directory on onnxruntime: load and validate it, encode, decode one step, generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import generation
+
+FORMAT_VERSION = 1
+MANIFEST = "splice_onnx.json"
+USE_CACHE_BRANCH = "use_cache_branch"
+
+
+class ExportFormatError(ValueError):
+    """An exported directory that cannot be run: a missing or corrupt file, or a format this runtime does not read."""
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ExportFormatError(
+            f"{path} is missing ({what}); the directory is not a complete splice export. Re-run "
+            f"`splice export MODEL_DIR {path.parent}`."
+        )
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportFormatError(
+            f"{path} is not valid JSON ({error}); re-run `splice export MODEL_DIR {path.parent}`."
+        ) from None
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of an exported directory, checked: it exists and its format version is one this runtime reads."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ExportFormatError(f"{str(directory)!r} is not a directory; pass the OUT_DIR of `splice export`.")
+    manifest = _read_json(folder / MANIFEST, "the export manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        from . import __version__
+
+        raise ExportFormatError(
+            f"{folder / MANIFEST}: format_version={version!r}, written by splice {manifest.get('splice_version')}; "
+            f"this runtime (splice {__version__}) reads format {FORMAT_VERSION}. Upgrade splice "
+            "(`pip install -U splice`) or re-export with this version."
+        )
+    return manifest
+
+
+def _session(path: Path, providers: list[str] | None, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ExportFormatError(f"{path} is missing; re-run `splice export MODEL_DIR {path.parent}`.")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail / InvalidProtobuf / RuntimeException
+        raise ExportFormatError(
+            f"{path} cannot be loaded by onnxruntime ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            f"the file is truncated or corrupt. Re-run `splice export MODEL_DIR {path.parent}`."
+        ) from None
+
+
+class OnnxSeq2Seq:
+    r"""
+    A splice model exported by `splice export`, run by onnxruntime (no torch).
+
+    `generate(inputs, **settings)` takes the encoder inputs as NumPy arrays (`pixel_values`, or `input_ids` +
+    `attention_mask`) and the settings of `model.generate` (defaults from `generation_config.json`).
+    """
+
+    def __init__(self, directory: str | Path, quantized: bool = False, providers: list[str] | None = None,
+                 threads: int | None = None):  # fmt: skip
+        self.directory = Path(directory)
+        self.manifest = read_manifest(directory)
+        self.config = _read_json(self.directory / "config.json", "the model config")
+        gen_path = self.directory / "generation_config.json"
+        self.generation_config = _read_json(gen_path, "the generation config") if gen_path.is_file() else {}
+        files = self.manifest["files"]
+        if quantized:
+            files = self.manifest.get("quantized_files")
+            if not files:
+                raise ExportFormatError(
+                    f"{self.directory} has no int8 graphs; export them with "
+                    "`splice export MODEL_DIR OUT_DIR --quantize int8`."
+                )
+        self.encoder = _session(self.directory / files["encoder"], providers, threads)
+        self.decoder = _session(self.directory / files["decoder"], providers, threads)
+        layout = self.manifest["layout"]
+        self.encoder_inputs: list[str] = layout["encoder_inputs"]
+        self.encoder_mask: bool = layout["encoder_mask"]
+        self._past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
+        self._outputs = [o.name for o in self.decoder.get_outputs()]
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> OnnxSeq2Seq:
+        """Load an exported directory (`quantized=True`: the int8 graphs)."""
+        return cls(directory, **kwargs)
+
+    @property
+    def main_input_name(self) -> str:
+        return self.encoder_inputs[0]
+
+    def encode(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The encoder's `last_hidden_state` `[B, S, E]`."""
+        missing = [name for name in self.encoder_inputs if name not in inputs]
+        if missing:
+            raise ValueError(f"encode() needs {self.encoder_inputs}; missing {missing}.")
+        feed = {name: np.asarray(inputs[name]) for name in self.encoder_inputs}
+        for name, array in feed.items():
+            feed[name] = array.astype(np.int64 if name in ("input_ids", "attention_mask") else np.float32)
+        return self.encoder.run(["last_hidden_state"], feed)[0]
+
+    def decode(
+        self, ids: np.ndarray, states: np.ndarray, mask: np.ndarray | None, past: dict[str, np.ndarray] | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One decoder call: logits `[N, T, V]` and the new past (`past=None`: the first step)."""
+        feed: dict[str, np.ndarray] = {"input_ids": np.asarray(ids, dtype=np.int64), "encoder_hidden_states": states}
+        if self.encoder_mask:
+            feed["encoder_attention_mask"] = np.asarray(mask, dtype=np.int64)
+        if past is None:
+            for spec in self._past:
+                shape = [ids.shape[0] if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(spec.shape)]
+                feed[spec.name] = np.zeros(shape, dtype=np.float32)
+        else:
+            feed.update(past)
+        feed[USE_CACHE_BRANCH] = np.array([past is not None])
+        outputs = self.decoder.run(self._outputs, feed)
+        present = {
+            name.replace("present.", "past_key_values.", 1): value
+            for name, value in zip(self._outputs[1:], outputs[1:])
+        }
+        if past is not None:  # the cross-attention keys/values do not change after the first step
+            present.update({k: v for k, v in past.items() if ".encoder." in k})
+        return outputs[0], present
+
+    def generate(self, inputs: dict[str, np.ndarray], seed: int | None = None, **kwargs: Any) -> np.ndarray:
+        r"""
+        Generate ids `[B * num_return_sequences, T]` (decoder start token first), as `model.generate` does.
+
+        Args:
+            inputs: the encoder inputs (NumPy arrays; text: `input_ids` and `attention_mask`, padded).
+            seed: the sampling seed (`do_sample=True`).
+            kwargs: `generate`'s settings (`num_beams`, `max_new_tokens`, `do_sample`, `top_k`, ...).
+        """
+        cfg = generation.settings(self.generation_config, **kwargs)
+        start = cfg["decoder_start_token_id"]
+        if start is None:
+            start = cfg["bos_token_id"]
+        if start is None:
+            raise ValueError(
+                "decoder_start_token_id is not set in generation_config.json; pass decoder_start_token_id=... "
+                "or set it on the model before exporting."
+            )
+        states = self.encode(inputs)
+        mask = inputs.get("attention_mask") if self.encoder_mask else None
+        batch = states.shape[0]
+        if cfg["max_new_tokens"] is not None:
+            cfg["max_length"] = cfg["max_new_tokens"] + 1
+        expand = cfg["num_beams"] if cfg["num_beams"] > 1 else cfg["num_return_sequences"]
+        if expand > 1:
+            states = np.repeat(states, expand, axis=0)
+            mask = None if mask is None else np.repeat(mask, expand, axis=0)
+
+        def step(ids: np.ndarray, past: Any, reorder: np.ndarray | None) -> tuple[np.ndarray, Any]:
+            if past is not None and reorder is not None:
+                past = {k: (v if ".encoder." in k else v[reorder]) for k, v in past.items()}
+            return self.decode(ids, states, mask, past)
+
+        ids = np.full((batch, 1), start, dtype=np.int64)
+        if cfg["num_beams"] > 1:
+            return generation.beam_search(step, ids, cfg)
+        rng = np.random.default_rng(seed)
+        return generation.greedy_or_sample(step, np.repeat(ids, expand, axis=0), cfg, rng)
