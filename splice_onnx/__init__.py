@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from .model import FORMAT_VERSION, MANIFEST, ExportFormatError, OnnxSeq2Seq, read_manifest
+from .model import FORMAT_VERSION, MANIFEST, ExportFormatError, OnnxCaptioner, OnnxSeq2Seq, read_manifest
 
 try:
     __version__ = metadata.version("splice")
 except metadata.PackageNotFoundError:  # run from a source tree
     __version__ = "unknown"
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "ExportFormatError", "OnnxSeq2Seq", "read_manifest"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "ExportFormatError", "OnnxCaptioner", "OnnxSeq2Seq", "read_manifest"]

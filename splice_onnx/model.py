@@ -99,6 +99,8 @@ class OnnxSeq2Seq:
         self.encoder_mask: bool = layout["encoder_mask"]
         self._past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self._outputs = [o.name for o in self.decoder.get_outputs()]
+        self._image_processor: Any = None
+        self._tokenizer: Any = None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> OnnxSeq2Seq:
@@ -180,3 +182,35 @@ class OnnxSeq2Seq:
             return generation.beam_search(step, ids, cfg)
         rng = np.random.default_rng(seed)
         return generation.greedy_or_sample(step, np.repeat(ids, expand, axis=0), cfg, rng)
+
+    # -- one-call inference ----------------------------------------------------------------------------------------
+
+    def caption(self, images: Any, **kwargs: Any) -> list[str]:
+        """Text for PIL images (preprocessed as `preprocessor_config.json` says), decoded without special tokens."""
+        pixel_values = self._image_processor_or_load()(images)
+        return self.tokenizer.decode(self.generate({"pixel_values": pixel_values}, **kwargs))
+
+    def _image_processor_or_load(self) -> Any:
+        from .processing import ImageProcessor
+
+        if self._image_processor is None:
+            self._image_processor = ImageProcessor.from_dir(self.directory)
+        return self._image_processor
+
+    def transform(self, texts: str | list[str], **kwargs: Any) -> list[str]:
+        """Text from source texts (text encoders), padded in one batch."""
+        pad = self.config.get("pad_token_id") or self.generation_config.get("pad_token_id") or 0
+        inputs = self.tokenizer.encode([texts] if isinstance(texts, str) else list(texts), pad)
+        return self.tokenizer.decode(self.generate(inputs, **kwargs))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The `tokenizer.json` saved with the export (`tokenizers`)."""
+        from .processing import TextTokenizer
+
+        if self._tokenizer is None:
+            self._tokenizer = TextTokenizer(self.directory)
+        return self._tokenizer
+
+
+OnnxCaptioner = OnnxSeq2Seq
