@@ -133,9 +133,13 @@ async def read_caption(request: Request, max_bytes: int) -> tuple[list[bytes], C
     if kind == "application/json":
         try:
             payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except json.JSONDecodeError as error:
             raise RequestValidationError(
                 [{"type": "json_invalid", "loc": ("body", error.pos), "msg": f"JSON decode error: {error.msg}"}]
+            ) from None
+        except UnicodeDecodeError as error:
+            raise RequestValidationError(
+                [{"type": "json_invalid", "loc": ("body", error.start), "msg": "JSON decode error: not UTF-8 text"}]
             ) from None
         try:
             body = CaptionJSON.model_validate(payload)

@@ -38,6 +38,7 @@ function showCaption(result) {
     caption.appendChild(span);
   });
   caption.dataset.text = result.caption;
+  if (!result.tokens.length) caption.textContent = "(the model generated no words for this image)";
 }
 
 async function caption(file) {
