@@ -46,6 +46,20 @@ class Vocabulary(NamedTuple):
     shapes: tuple[str, ...]
 
 
+class ShapeSlots(NamedTuple):
+    r"""
+    What a shapes scene holds, in one canonical form (every phrasing of a scene has the same slots).
+
+    Args:
+        objects: `(colour, shape)` of each shape; of a pair, the left (or upper) shape first.
+        where: a single shape's place (a key of `PLACES`: `"left"`, `"centre"`, ...); a pair's relation, first to
+            second: `"to the left of"` or `"above"`.
+    """
+
+    objects: tuple[tuple[str, str], ...]
+    where: str
+
+
 # Disjoint content words, so a model trained on one domain meets only unseen colours and shapes in the other.
 DOMAINS = {
     "a": Vocabulary(("red", "green", "blue", "yellow", "purple", "orange"), ("square", "circle", "triangle", "star")),
@@ -134,11 +148,14 @@ class Example:
         image (`PIL.Image.Image`): the RGB image.
         caption (`str`): the training target.
         references (`list[str]`): every correct text for the image (5 phrasings for shapes, the text for OCR).
+        slots (`ShapeSlots`, *optional*): what a shapes scene holds (colours, shapes, place or relation); `None` for
+            OCR.
     """
 
     image: Image.Image
     caption: str
     references: list[str]
+    slots: ShapeSlots | None = None
 
 
 def make_dataset(
@@ -241,11 +258,11 @@ def _shapes_example(
     image = Image.new("RGB", size, tuple(grey + rng.randint(-10, 10) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     if rng.randint(1, max_shapes) == 1:
-        references = _draw_single(draw, rng, size, colours, shapes)
+        references, slots = _draw_single(draw, rng, size, colours, shapes)
     else:
-        references = _draw_pair(draw, rng, size, colours, shapes)
+        references, slots = _draw_pair(draw, rng, size, colours, shapes)
     caption = rng.choice(references) if vary_wording else references[0]
-    return Example(_add_noise(image, noise_rng, sigma=rng.uniform(2, 10)), caption, references)
+    return Example(_add_noise(image, noise_rng, sigma=rng.uniform(2, 10)), caption, references, slots)
 
 
 def _phrasings(templates: Sequence[str], rng: random.Random, **slots: str) -> list[str]:
@@ -256,19 +273,20 @@ def _phrasings(templates: Sequence[str], rng: random.Random, **slots: str) -> li
 
 def _draw_single(
     draw: ImageDraw.ImageDraw, rng: random.Random, size: tuple[int, int], colours: list[str], shapes: list[str]
-) -> list[str]:
+) -> tuple[list[str], ShapeSlots]:
     colour, shape, place = rng.choice(colours), rng.choice(shapes), rng.choice(list(PLACES))
     (fx, fy), place_phrase = PLACES[place]
     r = rng.uniform(0.09, 0.14) * min(size)
     # Jittered around the place's anchor but kept inside the image.
     centre = [min(s - r, max(r, (f + rng.uniform(-0.05, 0.05)) * s)) for f, s in zip((fx, fy), size)]
     _draw_shape(draw, rng, colour, shape, centre, r)
-    return _phrasings(SINGLE_TEMPLATES, rng, thing=f"{colour} {shape}", place=place_phrase, name=place)
+    references = _phrasings(SINGLE_TEMPLATES, rng, thing=f"{colour} {shape}", place=place_phrase, name=place)
+    return references, ShapeSlots(((colour, shape),), place)
 
 
 def _draw_pair(
     draw: ImageDraw.ImageDraw, rng: random.Random, size: tuple[int, int], colours: list[str], shapes: list[str]
-) -> list[str]:
+) -> tuple[list[str], ShapeSlots]:
     first, second = [(colour, rng.choice(shapes)) for colour in rng.sample(colours, 2)]
     relation = rng.choice(list(RELATIONS))
     converse, axis, first_is_low = RELATIONS[relation]
@@ -279,8 +297,10 @@ def _draw_pair(
     for (colour, shape), a in zip((first, second), along):
         fractions = (a, rng.uniform(0.25, 0.75)) if axis == 0 else (rng.uniform(0.25, 0.75), a)
         _draw_shape(draw, rng, colour, shape, [f * s for f, s in zip(fractions, size)], r)
-    slots = {"first": " ".join(first), "second": " ".join(second), "relation": relation, "converse": converse}
-    return _phrasings(PAIR_TEMPLATES, rng, **slots)
+    words = {"first": " ".join(first), "second": " ".join(second), "relation": relation, "converse": converse}
+    low_first = relation in ("to the left of", "above")  # the canonical form names the left (upper) shape first
+    objects = (first, second) if low_first else (second, first)
+    return _phrasings(PAIR_TEMPLATES, rng, **words), ShapeSlots(objects, relation if low_first else converse)
 
 
 # --- ocr ---------------------------------------------------------------------------------------------------------

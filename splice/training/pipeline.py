@@ -10,16 +10,19 @@ Runs unchanged on one process, under `torchrun --nproc_per_node N` and under `ac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
+import types
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
@@ -34,12 +37,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..conditioning import resolve_conditioning
 from ..data import SpliceCollator, load_coco_json, load_imagefolder, load_text_pairs, record_references
 from ..data.builtin import make_dataset, train_tokenizer
+from ..data.slots import slot_metrics
 from ..inference import generate_for_records
 from ..models import EncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
-from ..processing import SpliceProcessor
+from ..processing import SpliceProcessor, vit_image_processor_class
 from ..retrieval import Datastore
 from . import smallcap
-from .config import TrainConfig, data_task, loading, not_a_data_source
+from .config import ConfigError, TrainConfig, check_resume, data_task, loading, not_a_data_source
 from .feature_cache import cache_encoder_features
 from .freezing import apply_freeze_policy, trainable_counts
 from .lora import apply_lora
@@ -89,7 +93,10 @@ def train(config: TrainConfig) -> dict[str, float]:
 
 
 def build_run(config: TrainConfig) -> TrainingRun:
-    """Everything one run needs, step by step (see the module docstring); nothing trains yet."""
+    """Everything one run needs, step by step (see the module docstring); nothing trains yet. What is cheap to check
+    (`--resume` has a checkpoint, the encoder is not a decoder-only LM) is checked before anything loads."""
+    check_resume(config)
+    check_encoder(config)
     torch.manual_seed(config.seed)
     task = config.task or data_task(config.data)
     records, eval_records = load_data(config, task)
@@ -126,7 +133,7 @@ def run_training(run: TrainingRun) -> dict[str, float]:
     config = run.config
     resume = get_last_checkpoint(config.output_dir) if config.resume and os.path.isdir(config.output_dir) else None
     if config.resume and resume is None:
-        raise ValueError(
+        raise ConfigError(
             f"--resume: no checkpoint-N directory in {config.output_dir!r} to resume from. Drop --resume to start a "
             "new run there."
         )
@@ -138,15 +145,19 @@ def run_training(run: TrainingRun) -> dict[str, float]:
 
 
 def save_run(run: TrainingRun, metrics: dict[str, float]) -> None:
-    """Print the held-out metrics; save the model, its processor, the datastore (SmallCap) and `eval_metrics.json`."""
+    """Print the final metrics; save the model, its processor, the datastore (SmallCap), `eval_metrics.json` and
+    `train_config.yaml`."""
     output_dir = Path(run.config.output_dir)
-    print(f"final held-out metrics, {references_label(run.eval_records)}: {metrics}", file=sys.stderr)
+    print(f"final {metrics_label(run.config, references_label(run.eval_records))}: {metrics}", file=sys.stderr)
     run.model.save_pretrained(output_dir)
     run.trainer.processor.save_pretrained(output_dir)
     if run.datastore is not None:
         smallcap.save_datastore(run.datastore, output_dir)
     with open(output_dir / "eval_metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics | {"trainable_parameters": run.trainable_parameters}, f, indent=2)
+    # The run's settings, the task resolved (`splice eval` reads it; `splice train --config` takes the file back).
+    settings = dataclasses.asdict(dataclasses.replace(run.config, task=run.task, resume=False))
+    (output_dir / "train_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
 
 
 def load_data(config: TrainConfig, task: str) -> tuple[list[dict], list[dict]]:
@@ -174,7 +185,9 @@ def load_records(
     if source.startswith("builtin:"):
         size = tuple(image_size) if isinstance(image_size, list) else image_size
         examples = make_dataset(source.split(":", 1)[1], n, seed=seed, image_size=size, **(options or {}))
-        return [{"image": e.image, "text": e.caption, "references": e.references} for e in examples]
+        records = [{"image": e.image, "text": e.caption, "references": e.references} for e in examples]
+        # Shapes scenes carry their true slots, so the held-out evaluation can check what the captions name.
+        return [r | {"slots": e.slots} if e.slots is not None else r for r, e in zip(records, examples)]
     path = Path(source)
     if path.is_dir():
         return load_imagefolder(path)
@@ -260,11 +273,10 @@ def build_image_processor(config: TrainConfig, model: SpliceModel) -> Any:
     if isinstance(config.encoder, str):
         with loading("encoder", config.encoder, "image processor"):
             return AutoImageProcessor.from_pretrained(config.encoder)
-    from transformers import ViTImageProcessor  # imported here: accessing it logs a note when torchvision is absent
-
     size = getattr(model.config.encoder, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else size
-    return ViTImageProcessor(size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor_class = vit_image_processor_class()
+    return processor_class(size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def set_generation_defaults(
@@ -309,6 +321,47 @@ def training_arguments(config: TrainConfig) -> Seq2SeqTrainingArguments:
     )
 
 
+def metrics_label(config: TrainConfig, references: str) -> str:
+    """What the final metrics are, e.g. `"held-out metrics, all 5 references per item, 200 items, scored on
+    builtin:shapes (seed 1)"`; without `eval_data` on files, metrics on the training data, never called held-out."""
+    if config.eval_data is not None:
+        return f"held-out metrics, {references}, scored on {config.eval_data}"
+    if config.data.startswith("builtin:"):
+        return f"held-out metrics, {references}, scored on {config.data} (seed {config.seed + 1})"
+    return f"metrics on the training data ({config.data}; not held-out, see --eval-data), {references}"
+
+
+def check_encoder(config: TrainConfig) -> None:
+    """The encoder is not a decoder-only language model (GPT-2, Llama, ...), read from its config alone.
+
+    Raises:
+        `ConfigError`: naming the checkpoint, its model type, and what to pass instead.
+    """
+    from transformers.models.auto import modeling_auto as auto
+
+    if isinstance(config.encoder, dict):
+        model_type = config.encoder["model_type"]
+    else:
+        with loading("encoder", config.encoder):
+            model_type = AutoConfig.from_pretrained(config.encoder).model_type
+    # Decoder-only: a causal LM and nothing an encoder also is (BERT has a causal-LM head, and is a masked LM).
+    also_encoder = (
+        auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+        auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
+        auto.MODEL_FOR_CTC_MAPPING_NAMES,
+        auto.MODEL_FOR_IMAGE_MAPPING_NAMES,
+    )
+    if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(model_type in m for m in also_encoder):
+        task = config.task or data_task(config.data)
+        examples = "BERT, RoBERTa or T5" if task == "text" else "ViT, DeiT, Swin, ConvNeXt, DINOv2, CLIP or SigLIP"
+        raise ConfigError(
+            f"encoder={config.encoder!r} is a {model_type} checkpoint, a decoder-only language model (it reads "
+            f"{'text' if task == 'text' else 'text, not images'}); pass an encoder as --encoder (e.g. {examples}) "
+            "and give this one as --decoder."
+        )
+
+
 def warn_eval_data(config: TrainConfig) -> None:
     """Without `eval_data`: say once what the held-out metrics are scored on."""
     if config.data.startswith("builtin:"):
@@ -341,19 +394,28 @@ def _one_reference(compute_metrics: Any) -> Any:
 
 
 def _reporters() -> list[str]:
+    """TensorBoard when installed, writing its event files without TensorFlow: TensorBoard imports TF when it can
+    (seconds of start-up and its log lines) unless `tensorboard.compat.notf` is importable, which selects its own
+    TF stub (the one it uses without TF). Left alone when the process has imported TF already."""
     try:
         import tensorboard  # noqa: F401
     except ImportError:
         return []
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     return ["tensorboard"]
 
 
 def evaluate(
     model: SpliceModel, records: list[dict], tokenizer: Any, image_processor: Any, task: str, batch_size: int = 32
 ) -> dict[str, float]:
-    """Metrics of the model's generations against every reference of each record."""
+    """Metrics of the model's generations against every reference of each record (and, for built-in shapes records,
+    which carry `"slots"`, the slot accuracies of `splice.data.slots.slot_metrics`)."""
     progress = partial(tqdm, desc="generating", leave=False)
     predictions = generate_for_records(model, records, tokenizer, image_processor, batch_size, progress)
     if task == "ocr":
         return ocr_metrics(predictions, [r["text"] for r in records])
-    return caption_metrics(predictions, [record_references(r) for r in records])
+    metrics = caption_metrics(predictions, [record_references(r) for r in records])
+    if records and all(r.get("slots") is not None for r in records):
+        metrics |= slot_metrics(predictions, [r["slots"] for r in records])
+    return metrics
