@@ -9,17 +9,48 @@ both graphs' logits within 1e-4 of PyTorch fp32, and greedy / beam-3 ids identic
 import numpy as np
 import pytest
 import torch
-from tiny import pixel_values
+from tiny import decoder_config, open_gates, pixel_values, randomize, vit_config
 
+import splice
 from splice.export import export_onnx
 from splice_onnx import OnnxSeq2Seq
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-CHECKPOINTS = ("captioner_dir", "trocr_dir", "bert2bert_dir")
+CHECKPOINTS = (
+    "captioner_dir", "trocr_dir", "bert2bert_dir", "injected_llama_dir", "injected_qwen2_dir", "prefix_llama_dir",
+)  # fmt: skip
 LOGITS_ATOL = 1e-4
 # (checkpoint, check) -> result, printed at the end of the module (the issue's table)
 RESULTS: dict = {}
+
+
+def _spliced(directory, family: str, conditioning: str) -> str:
+    """A ViT + decoder-only LM composite (injected gates opened, so the encoder reaches the logits), saved."""
+    config = splice.SpliceConfig.from_encoder_decoder_configs(
+        vit_config(), decoder_config(family), conditioning=conditioning
+    )
+    config.decoder_start_token_id, config.pad_token_id = 1, 0
+    model = randomize(splice.SpliceModel(config), seed=3, embedding_std=0.1)
+    if conditioning == "injected":
+        open_gates(model)
+    model.save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def injected_llama_dir(tmp_path_factory) -> str:
+    return _spliced(tmp_path_factory.mktemp("injected-llama"), "llama", "injected")
+
+
+@pytest.fixture(scope="module")
+def injected_qwen2_dir(tmp_path_factory) -> str:
+    return _spliced(tmp_path_factory.mktemp("injected-qwen2"), "qwen2", "injected")
+
+
+@pytest.fixture(scope="module")
+def prefix_llama_dir(tmp_path_factory) -> str:
+    return _spliced(tmp_path_factory.mktemp("prefix-llama"), "llama", "prefix")
 
 
 @pytest.fixture(scope="module")

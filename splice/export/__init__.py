@@ -66,7 +66,12 @@ def load_model(model_or_dir: Any) -> torch.nn.Module:
             f"{type(model).__name__} is not a splice model; load the directory with splice (e.g. "
             "`splice.VisionEncoderDecoderModel.from_pretrained`) or pass its path."
         )
-    return model.float().eval()
+    model = model.float().eval()
+    # transformers' sdpa path passes `enable_gqa`, which the TorchScript exporter cannot convert (Llama, Qwen2 ...);
+    # eager attention is the same computation written with matmuls, and what optimum exports too.
+    if getattr(model.decoder.config, "_attn_implementation", "eager") != "eager":
+        model.decoder.set_attn_implementation("eager")
+    return model
 
 
 def _encoder_names(model: torch.nn.Module) -> list[str]:
