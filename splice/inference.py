@@ -44,6 +44,20 @@ def encode_prompts(
     return ids, mask
 
 
+def start_tokens(model: Any, batch_size: int) -> dict[str, torch.Tensor]:
+    """`decoder_input_ids` (the start token) and its `decoder_attention_mask`, which `generate` extends step by step.
+
+    Without a mask, a decoder such as GPT-2 warns on every call ("We strongly recommend passing in an
+    `attention_mask`") once its input holds its pad id: a finished row's padding, or a start token equal to the pad
+    token. The ids are those `generate` would start from; nothing to pass when no start token is set.
+    """
+    start = getattr(model.generation_config, "decoder_start_token_id", None)
+    if not isinstance(start, int):
+        return {}
+    ids = torch.full((batch_size, 1), start, dtype=torch.long, device=model.device)
+    return {"decoder_input_ids": ids, "decoder_attention_mask": torch.ones_like(ids)}
+
+
 @torch.no_grad()
 def caption(
     model: Any, images: Any, processor: Any, prompts: Sequence[str] | None = None, **generate_kwargs: Any
@@ -60,7 +74,9 @@ def caption(
     """
     pixel_values = processor(images=images)["pixel_values"].to(model.device, model.dtype)
     if prompts is None:
-        return decode_predictions(processor.tokenizer, model.generate(pixel_values, **generate_kwargs))
+        kwargs = {} if "decoder_input_ids" in generate_kwargs else start_tokens(model, len(pixel_values))
+        kwargs = kwargs | generate_kwargs
+        return decode_predictions(processor.tokenizer, model.generate(pixel_values, **kwargs))
     config = model.config
     prompt_ids, prompt_mask = encode_prompts(
         processor.tokenizer, prompts, config.decoder_start_token_id, config.pad_token_id
@@ -78,7 +94,9 @@ def caption(
 def transform(model: Any, texts: str | Sequence[str], tokenizer: Any, **generate_kwargs: Any) -> list[str]:
     """Generate text from source texts in one call (text encoders: summarisation, translation, ...)."""
     inputs = tokenizer([texts] if isinstance(texts, str) else list(texts), padding=True, return_tensors="pt")
-    return decode_predictions(tokenizer, model.generate(**inputs.to(model.device), **generate_kwargs))
+    kwargs = {} if "decoder_input_ids" in generate_kwargs else start_tokens(model, len(inputs["input_ids"]))
+    kwargs = kwargs | generate_kwargs
+    return decode_predictions(tokenizer, model.generate(**inputs.to(model.device), **kwargs))
 
 
 @torch.no_grad()

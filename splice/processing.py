@@ -28,6 +28,22 @@ def decode_predictions(tokenizer: Any, ids: Any) -> list[str]:
     return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
+def vit_image_processor_class() -> type:
+    """The ViT image processor class that runs here without a warning: from transformers 5.25, `ViTImageProcessor`
+    needs torchvision (without it, transformers falls back to `ViTImageProcessorPil` and says so on every run), so the
+    PIL class is taken directly when torchvision is absent. Both save as `"ViTImageProcessor"`: checkpoints load alike.
+    """
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        try:
+            return transformers.ViTImageProcessorPil
+        except (AttributeError, ImportError):  # older releases: `ViTImageProcessor` is the PIL one
+            pass
+    return transformers.ViTImageProcessor
+
+
 class SpliceProcessor(ProcessorMixin):
     r"""
     Prepares images for a vision splice model and decodes its outputs. (Text encoders use their tokenizer alone.)

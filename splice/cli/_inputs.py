@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data_io import IMAGE_SUFFIXES
-from ..training.config import ConfigError, loading
+from ..training.config import ConfigError, loading, missing_path
 
 
 def at_least_one(value: str) -> int:
@@ -37,6 +36,13 @@ def load_model_and_processor(model_dir: str, auto_class: Any, with_processor: bo
     from ..processing import SpliceProcessor
 
     folder = Path(model_dir)
+    missing = missing_path("model", model_dir, "the MODEL argument")
+    if missing is not None:
+        raise missing
+    if folder.is_file():
+        raise ConfigError(
+            f"model={model_dir!r} is a file; pass the model's directory (the output_dir of `splice train`)"
+        )
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise ConfigError(f"model={model_dir!r}: the folder has no config.json; pass the output_dir of `splice train`")
     with loading("model", model_dir):
@@ -63,6 +69,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     Raises:
         `ConfigError`: an input that matches nothing, or inputs that hold no image file at all.
     """
+    from ..data_io import IMAGE_SUFFIXES
+
     paths: list[Path] = []
     for item in inputs:
         matches = [Path(m) for m in sorted(glob.glob(item))] or [Path(item)]
@@ -72,7 +80,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             elif path.exists():
                 paths.append(path)
             else:
-                raise ConfigError(f"no such file, folder or glob match: {item!r}")
+                raise ConfigError(f"inputs: no such file, folder or glob match: {item!r}; check the path")
     if not paths:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise ConfigError(

@@ -5,20 +5,60 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `splice caption`."""
+    """The flags of `splice caption`, each with its help and default."""
     from ._inputs import at_least_one
 
-    parser.add_argument("model")
-    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    parser.add_argument("--batch-size", type=at_least_one, default=16)
-    parser.add_argument("--num-beams", type=at_least_one, default=1)
-    parser.add_argument("--max-new-tokens", type=at_least_one, default=None, help="default: the model's own")
-    parser.add_argument("--format", choices=("text", "jsonl"), default="text")
-    parser.add_argument("--output", help="write here instead of standard output")
-    parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
+    parser.add_argument("model", help="a model directory saved by `splice train` or `splice demo` (or a hub id)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
+    parser.add_argument("--batch-size", type=at_least_one, default=16, help="images captioned together")
+    parser.add_argument("--num-beams", type=at_least_one, default=1, help="beam search width (1: greedy)")
+    parser.add_argument(
+        "--max-new-tokens", type=at_least_one, default=None, help="longest caption in tokens (default: the model's own)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help='"text": path<TAB>caption; "jsonl": {"file", "caption"}',
+    )
+    parser.add_argument("--output", help="write the captions to this file (default: standard output)")
+    parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory (default: none)")
+
+
+def check(args: argparse.Namespace) -> None:
+    """The cheap checks, before torch loads: the model path, and inputs that hold image files."""
+    from ..training.config import ConfigError, missing_path
+    from ._inputs import expand_inputs
+
+    missing = missing_path("model", args.model, "the MODEL argument")
+    if missing is not None:
+        raise missing
+    expand_inputs(args.inputs)
+    if args.output and not Path(args.output).absolute().parent.is_dir():
+        raise ConfigError(f"--output {args.output!r}: its folder does not exist; create it or write elsewhere")
+
+
+def check_generation(model: Any, args: argparse.Namespace) -> None:
+    """`--max-new-tokens` and `--num-beams` within what the model can generate, checked before any image is read.
+
+    Raises:
+        `ConfigError`: the model's own check (`generate` runs it too), as a flag error.
+    """
+    from ..models.checks import check_generate_arguments
+    from ..training.config import ConfigError
+
+    try:
+        check_generate_arguments(
+            model, None, None, {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+        )
+    except ValueError as error:
+        given = f"--max-new-tokens {args.max_new_tokens}" if args.max_new_tokens else "the model's max_new_tokens"
+        raise ConfigError(f"{given}: {str(error).removeprefix('generate(): ')}") from None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -37,17 +77,23 @@ def run(args: argparse.Namespace) -> None:
     from transformers import AutoModelForImageTextToText
 
     from ..data_io import open_image
+    from ..training.config import ConfigError, loading
     from ._inputs import expand_inputs, load_model_and_processor, readable_images, report_skipped
 
     paths, skipped = readable_images(expand_inputs(args.inputs))  # before loading the model: bad inputs fail at once
     model, processor = load_model_and_processor(args.model, AutoModelForImageTextToText)
+    check_generation(model, args)
     datastore = None
     if args.datastore:
         from ..retrieval import load_datastore_for
 
         if not hasattr(model, "prompts"):
-            raise SystemExit("splice caption: --datastore needs a retrieval-augmented (SmallCap) model.")
-        datastore = load_datastore_for(args.datastore, model, processor.image_processor)
+            raise ConfigError(
+                f"--datastore {args.datastore}: {args.model!r} is not a retrieval-augmented (SmallCap) model; drop "
+                "--datastore, or pass a model trained with --preset smallcap."
+            )
+        with loading("datastore", args.datastore, "datastore"):
+            datastore = load_datastore_for(args.datastore, model, processor.image_processor)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     kwargs = {"num_beams": args.num_beams}
     if args.max_new_tokens is not None:

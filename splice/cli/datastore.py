@@ -9,34 +9,52 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..training.config import ConfigError
+
+# A copy of `splice.retrieval.KEY_KINDS` (importing `splice.retrieval` loads torch and faiss for `--help`); a test
+# keeps them equal.
+KEY_KINDS = ("text", "image")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`build` and `query` under the `datastore` parser; each sets `args.func`."""
-    from ..retrieval import KEY_KINDS
+    from . import DefaultsHelpFormatter
+    from ._inputs import at_least_one
 
-    actions = parser.add_subparsers(dest="datastore_command", required=True)
-
-    build = actions.add_parser("build", help="embed a caption corpus into a datastore")
+    actions = parser.add_subparsers(dest="datastore_command", required=True, help="build or query")
+    adding = {"formatter_class": DefaultsHelpFormatter}
+    build = actions.add_parser("build", help="embed a caption corpus into a datastore", **adding)
     build.add_argument(
         "--captions",
         required=True,
         help='.jsonl of {"caption", "group"?, "image"?}, .txt with one caption per line, or builtin:shapes[:domain]',
     )
     build.add_argument("--embedder", required=True, help="CLIP-style checkpoint: hub id or directory")
-    build.add_argument("--keys", choices=KEY_KINDS, default="text", help="embed the captions or their images")
+    build.add_argument(
+        "--keys", choices=KEY_KINDS, default="text", help="what the keys embed: the captions, or their images"
+    )
     build.add_argument("--output", required=True, help="directory to save the datastore in")
-    build.add_argument("--n", type=int, default=1000, help="examples to generate for builtin captions")
+    build.add_argument("--n", type=at_least_one, default=1000, help="examples to generate for builtin captions")
     build.add_argument("--seed", type=int, default=0, help="seed of builtin captions")
-    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--batch-size", type=at_least_one, default=64, help="captions (or images) embedded together")
     build.set_defaults(func=datastore_build_command)
 
-    query = actions.add_parser("query", help="print the captions retrieved for images, as JSONL")
+    query = actions.add_parser("query", help="print the captions retrieved for images, as JSONL", **adding)
     query.add_argument("datastore", help="a directory saved by `datastore build`")
     query.add_argument("images", nargs="+", help="image files, folders or globs")
-    query.add_argument("--k", type=int, default=4)
-    query.add_argument("--embedder", default=None, help="default: the checkpoint the datastore was built with")
-    query.add_argument("--batch-size", type=int, default=32)
+    query.add_argument("--k", type=at_least_one, default=4, help="captions retrieved per image (the nearest k)")
+    query.add_argument(
+        "--embedder", default=None, help="the embedding checkpoint (default: the one the datastore was built with)"
+    )
+    query.add_argument("--batch-size", type=at_least_one, default=32, help="images embedded together")
+    for action in (build, query):  # also after the action (`splice datastore build ... --verbose`)
+        action.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=parser_verbose(parser))
     query.set_defaults(func=datastore_query_command)
+
+
+def parser_verbose(parser: argparse.ArgumentParser) -> str:
+    """The help text of the command's `--verbose` flag."""
+    return next(a.help for a in parser._actions if "--verbose" in a.option_strings) or ""
 
 
 def run(args: argparse.Namespace) -> None:
@@ -51,7 +69,7 @@ def _read_captions(source: str, n: int, seed: int) -> tuple[list[str], list[str 
 
         task, _, domain = source.removeprefix("builtin:").partition(":")
         if task != "shapes":
-            raise SystemExit(f"splice datastore: builtin captions are builtin:shapes[:domain], got {source!r}")
+            raise ConfigError(f"--captions {source!r}: the built-in captions are builtin:shapes[:domain]")
         examples = make_dataset("shapes", n, seed=seed, domain=domain or "a")
         rows = [(ref, str(i), example.image) for i, example in enumerate(examples) for ref in example.references]
         captions, groups, images = (list(column) for column in zip(*rows))
@@ -65,7 +83,7 @@ def _read_captions(source: str, n: int, seed: int) -> tuple[list[str], list[str 
         # Image paths are relative to the file, so a corpus folder can be moved as a whole.
         images = [path.parent / r["image"] for r in rows] if all("image" in r for r in rows) else None
         return [r["caption"] for r in rows], [r.get("group") for r in rows], images
-    raise SystemExit(f"splice datastore: --captions must be .jsonl, .txt or builtin:shapes[:domain], got {source!r}")
+    raise ConfigError(f"--captions {source!r}: must be a .jsonl or .txt file, or builtin:shapes[:domain]")
 
 
 def datastore_build_command(args: argparse.Namespace) -> None:
@@ -74,7 +92,7 @@ def datastore_build_command(args: argparse.Namespace) -> None:
 
     captions, groups, images = _read_captions(args.captions, args.n, args.seed)
     if args.keys == "image" and images is None:
-        raise SystemExit('splice datastore build: --keys image needs an "image" on every line of the .jsonl')
+        raise ConfigError(f'--keys image: {args.captions} has no "image" on every line; add them, or use --keys text')
     embedder = Embedder.from_pretrained(args.embedder)
     datastore = Datastore.build(captions, embedder, groups, args.keys, images, args.batch_size)
     datastore.save(args.output)
@@ -88,8 +106,8 @@ def datastore_query_command(args: argparse.Namespace) -> None:
 
     name = args.embedder or read_datastore_meta(args.datastore)["embedder"].get("name_or_path")
     if name == FROZEN_ENCODER_EMBEDDER:
-        raise SystemExit(
-            "splice datastore query: this datastore's keys come from a captioner's frozen encoder; query it with "
+        raise ConfigError(
+            f"{args.datastore}: this datastore's keys come from a captioner's frozen encoder; query it with "
             "`splice caption MODEL IMAGES --datastore DIR`, or build one with a CLIP checkpoint (--embedder)."
         )
     datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name))

@@ -1,4 +1,4 @@
-"""`splice train`: one flag per `TrainConfig` field (or `--config` YAML), then training; prints the held-out metrics."""
+"""`splice train`: one flag per `TrainConfig` field (or `--config` YAML), then training; prints the final metrics."""
 
 from __future__ import annotations
 
@@ -57,12 +57,10 @@ EXAMPLES = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config` and one flag per `TrainConfig` field, each with its description, default and choices."""
-    from ..conditioning import CONDITIONINGS
-    from ..training.config import PRESETS, TASKS, TrainConfig
-    from ..training.freezing import FREEZE_POLICIES
+    # The copies in `training.config` (the library's own tuples import torch; a test keeps them equal).
+    from ..training.config import CONDITIONINGS, FREEZE_POLICIES, PRESETS, TASKS, TrainConfig
 
     choices = {"conditioning": CONDITIONINGS, "freeze": FREEZE_POLICIES, "task": TASKS, "preset": PRESETS}
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
     docs = field_docs(TrainConfig)
     parser.add_argument("--config", help="YAML file of TrainConfig fields; flags given here override it")
@@ -87,7 +85,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     """The `TrainConfig` of parsed flags: the `--config` YAML, then the flags given (validated in `TrainConfig`)."""
     from ..training.config import TrainConfig
 
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "verbose")}
     return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
 
 
@@ -99,14 +97,25 @@ def parse_config(argv: list[str]) -> TrainConfig:
         `SystemExit(2)`: a flag argparse rejects (unknown, not a number, not a choice).
         `ConfigError`: a value `TrainConfig` rejects.
     """
-    parser = argparse.ArgumentParser(prog="splice train")
+    parser = argparse.ArgumentParser(prog="splice train", formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return build_config(parser.parse_args(argv))
 
 
+def check(args: argparse.Namespace) -> None:
+    """The cheap checks, before torch loads: every value (`TrainConfig`), and `--resume` has a checkpoint to resume."""
+    from ..training.config import check_resume
+
+    check_resume(build_config(args))
+
+
 def run(args: argparse.Namespace) -> None:
-    """Build the `TrainConfig` (YAML, then the flags given) and train."""
-    from ..training.pipeline import train
+    """Build the `TrainConfig` (YAML, then the flags given), check what is cheap to check, and train; prints the final
+    metrics as JSON (held-out, or on the training data without `--eval-data` on files: the log line says which)."""
+    from ..training.config import check_resume
 
     config = build_config(args)
+    check_resume(config)  # before torch and the model load
+    from ..training.pipeline import train
+
     print(json.dumps(train(config), indent=2))

@@ -8,8 +8,10 @@ is a `ConfigError` naming the field, the value, what is allowed and how to fix i
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ CONDITIONINGS = ("native", "injected", "prefix", "auto")
 FREEZE_POLICIES = ("none", "encoder", "encoder+decoder")
 BUILTIN_DATA = ("shapes", "ocr")
 MIN_IMAGE_SIDE = 8
+IMAGEFOLDER_METADATA = ("metadata.jsonl", "metadata.csv")
+# Fields naming a checkpoint or a directory (a hub id or a local path): a path that does not exist is an error here.
+_CHECKPOINT_FIELDS = ("encoder", "decoder", "tokenizer", "datastore", "retrieval_embedder")
 
 
 class ConfigError(ValueError):
@@ -177,6 +182,12 @@ def check_data_source(name: str, source: str) -> None:
         raise not_a_data_source(name, source)
     if not path.exists():
         raise ConfigError(f"{name}={source!r}: no such file or folder; check the path ({_flag(name)}).")
+    if path.is_dir() and not any((path / metadata).is_file() for metadata in IMAGEFOLDER_METADATA):
+        raise ConfigError(
+            f"{name}={source!r}: the image folder has neither {' nor '.join(IMAGEFOLDER_METADATA)}; add "
+            f'{IMAGEFOLDER_METADATA[0]} with one line per image, e.g. {{"file_name": "a.png", "text": "a caption"}} '
+            "(the `datasets` imagefolder convention)."
+        )
 
 
 def check_data(data: str, task: str | None = None, eval_data: str | None = None) -> str:
@@ -210,9 +221,33 @@ def check_data(data: str, task: str | None = None, eval_data: str | None = None)
     return task
 
 
+def is_path(spec: str) -> bool:
+    """Whether `spec` can only be a local path, not a hub id (`name` or `namespace/name`)."""
+    return (
+        spec in (".", "..")
+        or spec.startswith(("/", "./", "../", "~"))
+        or "\\" in spec
+        or spec.count("/") > 1
+        or bool(re.match(r"^[A-Za-z]:", spec))  # a Windows drive
+    )
+
+
+def missing_path(name: str, spec: Any, where: str | None = None) -> ConfigError | None:
+    """The error for a `spec` (the value of field or flag `name`; `where`: how the user gave it, default the flag)
+    that can only be a local path, and does not exist."""
+    if not isinstance(spec, str) or not is_path(spec) or Path(spec).expanduser().exists():
+        return None
+    parent = next((p for p in Path(spec).expanduser().absolute().parents if p.is_dir()), Path("/"))
+    nearest = f" (the nearest existing folder is {str(parent)!r})" if parent != Path("/") else ""
+    return ConfigError(f"{name}={spec!r}: no such file or directory{nearest}; check the path ({where or _flag(name)}).")
+
+
 def load_failure(name: str, spec: Any, error: BaseException, what: str = "model") -> str:
     """One line saying why `spec` (the value of field or flag `name`) could not be loaded, and what to do."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    missing = missing_path(name, spec)
+    if missing is not None:
+        return str(missing)
     if isinstance(spec, str) and Path(spec).is_dir():
         return f"{name}={spec!r}: the folder has no loadable {what} ({first})"
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -221,7 +256,26 @@ def load_failure(name: str, spec: Any, error: BaseException, what: str = "model"
             f"{name}={spec!r}: {what} not found locally and the hub is unreachable (HF_HUB_OFFLINE=1?); download it "
             f"once online, or pass a local directory (or, for --encoder/--decoder, a config dict with model_type)"
         )
+    if isinstance(spec, str) and not Path(spec).exists() and "repo id" in first.lower():
+        return f"{name}={spec!r}: no such local directory, and not a hub id ('name' or 'namespace/name'); check it"
     return f"{name}={spec!r}: cannot load the {what}: {first}"
+
+
+def check_resume(config: TrainConfig) -> None:
+    """With `resume`: `output_dir` holds a `checkpoint-N` folder (checked before anything is loaded or built).
+
+    Raises:
+        `ConfigError`: naming the folder and the fix.
+    """
+    if not config.resume:
+        return
+    folder = Path(config.output_dir)
+    found = folder.is_dir() and any(re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir() for p in folder.iterdir())
+    if not found:
+        raise ConfigError(
+            f"resume=True: no checkpoint-N directory in {config.output_dir!r} to resume from (a run saves one per "
+            "epoch); drop --resume to start a new run there, or pass the --output-dir of the run to continue."
+        )
 
 
 @contextmanager
@@ -346,6 +400,10 @@ class TrainConfig:
                 setattr(self, name, dict(value))
             elif not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name}={value!r}: must be a checkpoint or a config dict; {fix}.")
+        for name in _CHECKPOINT_FIELDS:
+            missing = missing_path(name, getattr(self, name))
+            if missing is not None:
+                raise missing
         check_data(self.data, self.task, self.eval_data)
         return self
 
@@ -368,8 +426,14 @@ class TrainConfig:
                 f"{path}: the top level is a {type(values).__name__} ({values!r:.60}), not a mapping of TrainConfig "
                 "fields; write one `field: value` per line, e.g. `epochs: 3`."
             )
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = {str(key) for key in values if key not in names}
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted({str(key) for key in values if key not in names})
         if unknown:
-            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see `splice train --help`.")
+            close = {key: difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.6) for key in unknown}
+            hints = [(repr(m[0]) if len(unknown) == 1 else f"{m[0]!r} for {k!r}") for k, m in close.items() if m]
+            guess = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            raise ConfigError(
+                f"{path}: unknown keys {unknown}{guess}; the keys are the fields `splice train --help` lists (flag "
+                "--learning-rate: key learning_rate)."
+            )
         return cls(**(dict(values) | overrides))

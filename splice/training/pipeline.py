@@ -93,10 +93,10 @@ def train(config: TrainConfig) -> dict[str, float]:
 
 
 def build_run(config: TrainConfig) -> TrainingRun:
-    """Everything one run needs, step by step (see the module docstring); nothing trains yet. What is cheap to check
-    (`--resume` has a checkpoint, the encoder is not a decoder-only LM) is checked before anything loads."""
+    """Everything one run needs, step by step (see the module docstring); nothing trains yet. The cheap checks come
+    first (`--resume` has a checkpoint; the parts' configs load; the encoder is no decoder-only LM)."""
     check_resume(config)
-    check_encoder(config)
+    check_parts(config)
     torch.manual_seed(config.seed)
     task = config.task or data_task(config.data)
     records, eval_records = load_data(config, task)
@@ -331,19 +331,23 @@ def metrics_label(config: TrainConfig, references: str) -> str:
     return f"metrics on the training data ({config.data}; not held-out, see --eval-data), {references}"
 
 
-def check_encoder(config: TrainConfig) -> None:
-    """The encoder is not a decoder-only language model (GPT-2, Llama, ...), read from its config alone.
+def check_parts(config: TrainConfig) -> None:
+    """The decoder's and the encoder's configs load (checkpoints: their `config.json` alone), and the encoder is not a
+    decoder-only language model (GPT-2, Llama, ...).
 
     Raises:
-        `ConfigError`: naming the checkpoint, its model type, and what to pass instead.
+        `ConfigError`: naming the checkpoint that does not load, or the encoder's model type and what to pass instead.
     """
     from transformers.models.auto import modeling_auto as auto
 
-    if isinstance(config.encoder, dict):
-        model_type = config.encoder["model_type"]
-    else:
-        with loading("encoder", config.encoder):
-            model_type = AutoConfig.from_pretrained(config.encoder).model_type
+    model_types = {}
+    for name in ("decoder", "encoder"):
+        spec = getattr(config, name)
+        if isinstance(spec, dict):
+            model_types[name] = spec["model_type"]
+        else:
+            with loading(name, spec):
+                model_types[name] = AutoConfig.from_pretrained(spec).model_type
     # Decoder-only: a causal LM and nothing an encoder also is (BERT has a causal-LM head, and is a masked LM).
     also_encoder = (
         auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -352,6 +356,7 @@ def check_encoder(config: TrainConfig) -> None:
         auto.MODEL_FOR_CTC_MAPPING_NAMES,
         auto.MODEL_FOR_IMAGE_MAPPING_NAMES,
     )
+    model_type = model_types["encoder"]
     if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(model_type in m for m in also_encoder):
         task = config.task or data_task(config.data)
         examples = "BERT, RoBERTa or T5" if task == "text" else "ViT, DeiT, Swin, ConvNeXt, DINOv2, CLIP or SigLIP"
