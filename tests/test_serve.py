@@ -7,6 +7,7 @@ import io
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 from serve_tiny import image, png, save_captioner, save_smallcap, save_text_model
 
@@ -175,10 +176,28 @@ def test_heatmaps_one_png_per_token_and_clear_errors(captioner, tmp_path):
     assert overlay.format == "PNG" and overlay.size[0] / overlay.size[1] == pytest.approx(64 / 40, rel=0.05)
     assert beams.status_code == 400 and "num_beams=1" in beams.json()["detail"]
 
-    injected = load_backend(save_captioner(tmp_path / "injected", conditioning="injected"))
-    refused = serve(create_app(injected), lambda client: client.post("/v1/caption", **form(picture, heatmap=True)))
+    prefix = load_backend(save_captioner(tmp_path / "prefix", conditioning="prefix"))
+    refused = serve(create_app(prefix), lambda client: client.post("/v1/caption", **form(picture, heatmap=True)))
     assert refused.status_code == 400 and "conditioning='native'" in refused.json()["detail"]
-    assert "'injected'" in refused.json()["detail"]
+    assert "uses 'prefix'" in refused.json()["detail"]
+
+
+def test_injected_heatmaps_are_the_blocks_attention_and_batch_like_single(tmp_path):
+    from splice.conditioning.injected import cross_attention_layers
+
+    backend = load_backend(save_captioner(tmp_path / "injected", conditioning="injected"))
+    for _, layer in cross_attention_layers(backend.model):  # open the gates so the blocks shape the captions
+        layer.cross_attention.attn_gate.data.fill_(1.0)
+    pictures = [image(seed) for seed in range(4)]
+    settings = Settings(max_new_tokens=5, heatmap=True)
+    batch = backend.run(pictures, settings)
+    for picture, output in zip(pictures, batch):
+        alone = backend.run([picture], settings)[0]
+        assert (output.text, output.tokens) == (alone.text, alone.tokens)
+        assert len(output.attention) == len(output.tokens)
+        for grid, grid_alone in zip(output.attention, alone.attention):
+            assert torch.allclose(torch.tensor(grid), torch.tensor(grid_alone), atol=1e-5)
+            assert torch.tensor(grid).shape == (3, 3) and max(map(max, grid)) == pytest.approx(1.0)
 
 
 def test_health_metrics_docs_and_page(captioner):

@@ -64,7 +64,7 @@ class TorchBackend:
         self.tokenizer = processor.tokenizer if self.task == "caption" else processor
         limit = position_limit(model.config.decoder)  # the decoder's positions, the start token included
         self.max_new_tokens = min(MAX_NEW_TOKENS, limit - 1) if limit else MAX_NEW_TOKENS
-        self._grid = self._find_grid() if self.task == "caption" and self._native else None
+        self._grid = self._find_grid() if self.task == "caption" and self._mapped else None
 
     @classmethod
     def from_directory(cls, model_dir: Path, device: str = "cpu", datastore: str | None = None) -> TorchBackend:
@@ -101,8 +101,13 @@ class TorchBackend:
         return cls(model, processor, model_dir.resolve().name, store)
 
     @property
-    def _native(self) -> bool:
-        return getattr(self.model.config, "conditioning", "native") == "native"
+    def _mode(self) -> str:
+        return getattr(self.model.config, "conditioning", "native")
+
+    @property
+    def _mapped(self) -> bool:
+        """Modes whose per-token cross-attention this backend reads: the decoder's own, or splice's injected blocks."""
+        return self._mode in ("native", "injected")
 
     def _find_grid(self) -> tuple[int, int] | None:
         from PIL import Image
@@ -117,11 +122,10 @@ class TorchBackend:
             return None
         if self.task != "caption":
             return "heatmap=true needs an image model; this model generates from text"
-        if not self._native:
-            mode = self.model.config.conditioning
+        if not self._mapped:
             return (
-                f"heatmap=true needs conditioning='native' (the decoder's own cross-attention); this model uses "
-                f"{mode!r}, which has no per-token attention map in this server yet"
+                f"heatmap=true needs conditioning='native' (the decoder's own cross-attention) or 'injected'; this "
+                f"model uses {self._mode!r}, which has no per-token attention map in this server yet"
             )
         if self._grid is None:
             return "heatmap=true needs an encoder whose states are a square patch grid (ViT-like); this one is not"
@@ -183,17 +187,18 @@ class TorchBackend:
         extra = {}
         if prompt and self.model._decoder_takes_position_ids:
             extra["decoder_position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoder = self.model.decoder
-        before = decoder.config._attn_implementation
-        decoder.set_attn_implementation("eager")  # only eager attention returns its weights
-        try:
-            out = self.model(
-                pixel_values=pixels, decoder_input_ids=sequences, decoder_attention_mask=mask, output_attentions=True,
-                **extra,
-            )  # fmt: skip
-        finally:
-            decoder.set_attn_implementation(before)
-        attention = torch.stack([layer.float() for layer in out.cross_attentions]).mean((0, 2))  # [B, T, S]
+        inputs = {"pixel_values": pixels, "decoder_input_ids": sequences, "decoder_attention_mask": mask, **extra}
+        if self._mode == "injected":
+            attention = injected_attention(self.model, inputs)
+        else:
+            decoder = self.model.decoder
+            before = decoder.config._attn_implementation
+            decoder.set_attn_implementation("eager")  # only eager attention returns its weights
+            try:
+                out = self.model(**inputs, output_attentions=True)
+            finally:
+                decoder.set_attn_implementation(before)
+            attention = torch.stack([layer.float() for layer in out.cross_attentions]).mean((0, 2))  # [B, T, S]
         special = set(self.tokenizer.all_special_ids)
         maps = []
         for row, ids in enumerate(sequences.tolist()):
@@ -205,3 +210,37 @@ class TorchBackend:
                 grids.append((grid / grid.max().clamp(min=1e-12)).tolist())
             maps.append(grids)
         return maps
+
+
+def injected_attention(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The attention weights of splice's injected cross-attention blocks in one forward, averaged over heads and
+    layers: `[B, T, S]`. The blocks compute them inside scaled-dot-product attention and return none, so a hook on
+    each recomputes them from the block's own projections (the same query, keys, scale and mask)."""
+    from ..conditioning.injected import cross_attention_layers
+
+    maps: list[torch.Tensor] = []
+
+    def hook(block: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        key_values = kwargs.get("key_values")
+        if key_values is None:
+            states = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
+            key_values = block.project_key_values(states)
+        dtype = block.q_proj.weight.dtype
+        query = block._split_heads(block.q_proj(block.norm(hidden.to(dtype))))  # [B, H, T, hd]
+        scores = query.float() @ key_values[0].float().transpose(-1, -2) / math.sqrt(query.shape[-1])  # [B, H, T, S]
+        source_mask = kwargs.get("encoder_attention_mask", args[2] if len(args) > 2 else None)
+        if source_mask is not None:
+            scores = scores.masked_fill(~source_mask.bool()[:, None, None, :], float("-inf"))
+        maps.append(scores.softmax(-1).mean(1))  # [B, T, S]
+
+    handles = [layer.cross_attention.register_forward_hook(hook, with_kwargs=True)
+               for _, layer in cross_attention_layers(model)]  # fmt: skip
+    try:
+        model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not maps:
+        raise HeatmapUnsupported("heatmap=true: this model has no injected cross-attention blocks to read")
+    return torch.stack(maps).mean(0)
