@@ -112,20 +112,20 @@ def test_converted_functions_are_shared_by_models_of_one_architecture(tmp_path):
     inputs = {k: tf.constant(v) for k, v in numpy_inputs(pair).items()}
     ids = tf.constant(pair.decoder_input_ids.numpy())
     expected = first(**inputs, decoder_input_ids=ids).logits.numpy()
-    cached = len(flax_modeling._COMPILED)
+    cached = set(flax_modeling._COMPILED)
     second = TFEncoderDecoderModel.from_pretrained(pair.directory)
     np.testing.assert_array_equal(second(**inputs, decoder_input_ids=ids).logits.numpy(), expected)
-    assert len(flax_modeling._COMPILED) == cached  # nothing converted again
+    assert set(flax_modeling._COMPILED) <= cached  # nothing converted again
     # Other weights through the shared function: their own logits, as the JAX model computes them.
     third = TFEncoderDecoderModel(flax_model=splice.FlaxEncoderDecoderModel(first.config, seed=3))
     got = third(**inputs, decoder_input_ids=ids).logits.numpy()
-    assert len(flax_modeling._COMPILED) == cached
+    assert set(flax_modeling._COMPILED) <= cached
     jax_logits = third.flax_model(**numpy_inputs(pair), decoder_input_ids=pair.decoder_input_ids.numpy()).logits
     assert np.abs(got - np.asarray(jax_logits)).max() <= 1e-5 and np.abs(got - expected).max() > 1e-3
     # Labels are shifted with the pad / start tokens inside the function: other special tokens, another function.
     labels = tf.constant(pair.decoder_input_ids.numpy())
     first(**inputs, labels=labels)
-    cached = len(flax_modeling._COMPILED)
+    cached = set(flax_modeling._COMPILED)
     second.flax_model.config.pad_token_id = first.config.pad_token_id + 1
     second(**inputs, labels=labels)
-    assert len(flax_modeling._COMPILED) == cached + 1
+    assert len(set(flax_modeling._COMPILED) - cached) == 1
