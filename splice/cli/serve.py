@@ -11,14 +11,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("model_dir", help="a directory saved by `splice train` (model and processor)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="the TCP port to listen on")
     parser.add_argument("--max-batch-size", type=at_least_one, default=16, help="the most inputs generated together")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="how long an input waits for a batch")
     parser.add_argument("--max-queue", type=at_least_one, default=256, help="waiting inputs before 503")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="the largest request body (413 above)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
     parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument(
+        "--timeout-keep-alive", type=float, default=30.0, help="seconds an idle keep-alive connection stays open"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's log level",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -44,4 +52,11 @@ def run(args: argparse.Namespace) -> None:
         max_queue=args.max_queue,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_keep_alive=args.timeout_keep_alive,
+        timeout_graceful_shutdown=60,  # SIGTERM: answer the requests in flight (up to a minute), then exit
+    )

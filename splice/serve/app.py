@@ -28,6 +28,7 @@ from .requests import CAPTION_BODY, Caption, Captions, Generated, GenerateReques
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+INLINE_DECODE_BYTES = 64 * 1024
 ENDPOINTS = ("/v1/caption", "/v1/generate", "/health", "/metrics", "/", "/docs", "/openapi.json")
 ERRORS = {
     400: {"description": "an undecodable image, or settings this model cannot serve (the message says which)"},
@@ -135,9 +136,9 @@ def create_app(
             raise RequestError(400, f"{backend.name} generates from text: POST {{'text': ...}} to /v1/generate")
         blobs, options, several = await read_caption(request, max_upload_bytes)
         names = [f"image[{i}]" if several else "image" for i in range(len(blobs))]
-        images = await run_in_threadpool(
-            lambda: [decode_image(data, name, max_pixels) for data, name in zip(blobs, names)]
-        )
+        decode = lambda: [decode_image(data, name, max_pixels) for data, name in zip(blobs, names)]  # noqa: E731
+        # Small uploads decode at once; large ones in a thread, so the event loop keeps serving meanwhile.
+        images = decode() if sum(map(len, blobs)) <= INLINE_DECODE_BYTES else await run_in_threadpool(decode)
         settings = Settings(options.num_beams, options.max_new_tokens, options.heatmap)
         outputs = await generate(images, settings, names)
         results = []
