@@ -262,7 +262,7 @@ def test_cli_build_and_query(clip_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["captions"] == ["a red thing"]  # its own image is the nearest key
     assert Datastore.load(tmp_path / "jsonl-store").groups == ["r", None]
 
-    with pytest.raises(SystemExit, match='needs an "image"'):
+    with pytest.raises(ValueError, match='needs an "image"'):  # ConfigError: one line + exit 2 from the console
         _cli(
             ["datastore", "build", "--captions", str(tmp_path / "captions.txt"), "--keys", "image"]
             + ["--embedder", str(clip_dir), "--output", str(tmp_path / "bad")]

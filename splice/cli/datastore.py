@@ -92,7 +92,9 @@ def datastore_build_command(args: argparse.Namespace) -> None:
 
     captions, groups, images = _read_captions(args.captions, args.n, args.seed)
     if args.keys == "image" and images is None:
-        raise ConfigError(f'--keys image: {args.captions} has no "image" on every line; add them, or use --keys text')
+        raise ConfigError(
+            f'--keys image needs an "image" on every line of {args.captions}; add them, or use --keys text'
+        )
     embedder = Embedder.from_pretrained(args.embedder)
     datastore = Datastore.build(captions, embedder, groups, args.keys, images, args.batch_size)
     datastore.save(args.output)

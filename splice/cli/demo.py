@@ -221,8 +221,13 @@ def _run_ocr_demo(output_dir: str, quick: bool, settings: OcrDemo) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice demo`."""
-    parser.add_argument("--task", choices=TASKS, default="shapes")
-    parser.add_argument("--output-dir", default=None, help="default: splice-demo-<task>")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="shapes",
+        help="shapes: caption generated scenes of shapes; ocr: read rendered text lines",
+    )
+    parser.add_argument("--output-dir", default=None, help="where the model is saved (default: splice-demo-<task>)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a handful of samples (smoke test)")
 
 
