@@ -12,6 +12,7 @@ from .models import (
     SpliceModel,
     VisionEncoderDecoderModel,
 )
+from .precision import quantize
 from .processing import SpliceProcessor
 from .registry import register_auto_classes
 
@@ -51,4 +52,5 @@ __all__ = [  # noqa: F822 (the framework classes are served by __getattr__)
     "SpliceProcessor",
     "VisionEncoderDecoderConfig",
     "VisionEncoderDecoderModel",
+    "quantize",
 ]

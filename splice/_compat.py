@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import transformers
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
@@ -25,6 +26,9 @@ except ImportError:  # pragma: no cover - a release without it: hidden states ar
 # jax 0.10 lowers `lax.top_k` to a StableHLO `composite` op that tensorflow 2.21's XlaCallModule (StableHLO 1.13)
 # cannot load, so what splice lowers to TensorFlow takes its top-k from a stable sort (same values, same indices).
 JAX2TF_SORT_TOP_K = True
+
+# torch 2.3 added `torch._weight_int8pack_mm` (int8 weight x floating activations, per-channel scales).
+_INT8PACK_MM = hasattr(torch, "_weight_int8pack_mm")
 
 COMPATIBILITY_HINT = (
     "See the README's 'Compatibility' section: install a tested transformers release "
@@ -51,3 +55,18 @@ def cache_kwargs(cache: Any) -> dict[str, Any]:
 def output_cache(outputs: Any) -> Any:
     """The cache a transformers model output carries, under whichever name this release gives it."""
     return outputs.get(CACHE_NAME)
+
+
+def int8pack_mm_supports(rows: torch.Tensor, weight_int8: torch.Tensor) -> bool:
+    """Whether `torch._weight_int8pack_mm(rows [N, K], weight_int8 [out, K], scales)` can run here.
+
+    CPU only (the CUDA kernel has other shape rules; elsewhere splice multiplies by the dequantized weight). torch
+    2.13's CPU kernel crashes the process (a segmentation fault, not an exception) on bfloat16 activations when K is not
+    a multiple of 16 (measured: K = 8, 24, 37, 56, 72 crash, K = 16, 32, 48, 80, 96, 384 run); float32 and float16 run
+    at any K.
+    """
+    if not _INT8PACK_MM or rows.device.type != "cpu" or weight_int8.device.type != "cpu":
+        return False
+    if rows.dtype == torch.bfloat16:
+        return rows.shape[-1] % 16 == 0
+    return rows.dtype in (torch.float32, torch.float16)

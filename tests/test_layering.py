@@ -9,7 +9,7 @@ import splice
 PACKAGE = Path(splice.__file__).parent
 # Lower numbers are lower layers: a module may import from its own layer or below, never above.
 LAYERS = {
-    0: ["_compat", "_version", "encoders", "token_ids", "processing", "onednn", "data_io"],
+    0: ["_compat", "_version", "encoders", "token_ids", "processing", "onednn", "precision", "data_io"],
     1: ["conditioning", "inference"],
     2: ["configuration", "models", "registry"],
     3: ["data", "retrieval", "training", "flax", "tf", "serve", "export"],
