@@ -133,4 +133,5 @@ def test_schemathesis_finds_no_server_error_in_1000_generated_requests(captioner
             )  # fmt: skip
             assert result.returncode == 0, result.stdout[-4000:]
             generated += int(re.search(r"(\d+) generated", result.stdout).group(1))
+    print(f"schemathesis: {generated} generated requests, no 5xx")
     assert generated >= 1000
