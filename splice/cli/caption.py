@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", help="write the captions to this file (default: standard output)")
     parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory (default: none)")
+    parser.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default=None, help="compute in this dtype (default: the saved model's)"
+    )
+    parser.add_argument(
+        "--quantize", choices=("int8",), default=None, help="int8 weight-only linear layers (fastest with --dtype bf16)"
+    )
 
 
 def check(args: argparse.Namespace) -> None:
@@ -77,11 +83,13 @@ def run(args: argparse.Namespace) -> None:
     from transformers import AutoModelForImageTextToText
 
     from ..data_io import open_image
+    from ..precision import apply_precision
     from ..training.config import ConfigError, loading
     from ._inputs import expand_inputs, load_model_and_processor, readable_images, report_skipped
 
     paths, skipped = readable_images(expand_inputs(args.inputs))  # before loading the model: bad inputs fail at once
     model, processor = load_model_and_processor(args.model, AutoModelForImageTextToText)
+    model = apply_precision(model, args.dtype, args.quantize)
     check_generation(model, args)
     datastore = None
     if args.datastore:
