@@ -117,6 +117,19 @@ def test_decompression_bomb_and_a_too_large_file_part():
     assert large.status_code == 413
 
 
+def test_a_chunked_body_of_unannounced_size_is_refused():
+    async def chunks():
+        yield b'{"image": "'
+        yield b"aGk=" * 10
+        yield b'"}'
+
+    response = serve(
+        create_app(StandIn()),
+        lambda client: client.post("/v1/caption", content=chunks(), headers={"content-type": "application/json"}),
+    )
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
+
+
 def test_generate_refuses_a_caption_model_and_checks_its_fields():
     async def exchange(client):
         return (

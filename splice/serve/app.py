@@ -86,6 +86,9 @@ def create_app(
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > max_upload_bytes:
             response = _error(413, f"the request body is {length} bytes, over the limit of {max_upload_bytes}")
+        elif request.method == "POST" and "transfer-encoding" in request.headers and not length:
+            # A body of unannounced size would be read whole before its size could be refused.
+            response = _error(411, "send the request with a Content-Length header (chunked bodies are not accepted)")
         else:
             response = await call_next(request)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
