@@ -4,6 +4,7 @@ each request exactly its single-request output (mixed image sizes, settings, pro
 import asyncio
 import base64
 import io
+import json
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 from serve_tiny import image, png, save_captioner, save_smallcap, save_text_model
 
 from splice.serve import Settings, create_app, load_backend
+from splice.training.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -221,3 +223,27 @@ def test_health_metrics_docs_and_page(captioner):
     assert set(content) == {"multipart/form-data", "application/json"}
     assert "/v1/generate" in schema.json()["paths"]
     assert page.status_code == 200 and "page.js" in page.text and "mouseenter" in script.text
+
+
+def test_caption_cli_writes_one_heatmap_per_token(tmp_path, capsys):
+    from splice.cli import main
+
+    model_dir = save_captioner(tmp_path / "model")
+    (tmp_path / "images").mkdir()
+    for seed in range(3):
+        image(seed).save(tmp_path / "images" / f"photo{seed}.png")
+    main(["caption", str(model_dir), str(tmp_path / "images"), "--heatmaps", str(tmp_path / "maps"),
+          "--max-new-tokens", "4", "--format", "jsonl"])  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    main(["caption", str(model_dir), str(tmp_path / "images"), "--max-new-tokens", "4", "--format", "jsonl"])
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines  # the same captions
+    backend = load_backend(model_dir)
+    for seed, line in enumerate(lines):
+        tokens = expected(backend, image(seed), Settings(max_new_tokens=4)).tokens
+        written = sorted((tmp_path / "maps" / f"photo{seed}").glob("*.png"))
+        assert len(written) == len(tokens) and line["caption"] == "".join(tokens).strip()
+        assert all(Image.open(path).format == "PNG" for path in written)
+    with pytest.raises(ConfigError, match="--heatmaps .*num_beams=1"):
+        main(
+            ["caption", str(model_dir), str(tmp_path / "images"), "--heatmaps", str(tmp_path / "m"), "--num-beams", "2"]
+        )

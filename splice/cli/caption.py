@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize", choices=("int8",), default=None, help="int8 weight-only linear layers (fastest with --dtype bf16)"
     )
+    parser.add_argument(
+        "--heatmaps",
+        metavar="DIR",
+        help="also write each generated token's cross-attention over its image as DIR/<image>/<NN>-<token>.png "
+        "(native or injected cross-attention, --num-beams 1)",
+    )
 
 
 def check(args: argparse.Namespace) -> None:
@@ -77,6 +83,12 @@ def run(args: argparse.Namespace) -> None:
     from splice_onnx import MANIFEST
 
     if (Path(args.model) / MANIFEST).is_file():
+        if args.heatmaps:
+            from ..training.config import ConfigError
+
+            raise ConfigError(
+                f"--heatmaps: {args.model!r} is an export (onnxruntime); pass the PyTorch model directory"
+            )
         return _run_onnx(args)
     import torch
     from tqdm.auto import tqdm
@@ -102,6 +114,7 @@ def run(args: argparse.Namespace) -> None:
             )
         with loading("datastore", args.datastore, "datastore"):
             datastore = load_datastore_for(args.datastore, model, processor.image_processor)
+    backend = _heatmap_backend(args, model, processor, datastore) if args.heatmaps else None
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     kwargs = {"num_beams": args.num_beams}
     if args.max_new_tokens is not None:
@@ -111,14 +124,41 @@ def run(args: argparse.Namespace) -> None:
         images = [open_image(path) for path in batch]
         if datastore is not None:  # retrieval prompts from this datastore (swap it to change domain, no retraining)
             kwargs["retrieved_captions"] = datastore.retrieve_for_images(images, k=model.config.retrieval_k)
-        with torch.no_grad():
-            captions = model.caption(images, processor=processor, **kwargs)
+        if backend is not None:  # the same captions, and each token's attention map written out
+            captions = _caption_with_heatmaps(backend, batch, images, args)
+        else:
+            with torch.no_grad():
+                captions = model.caption(images, processor=processor, **kwargs)
         for path, caption in zip(batch, captions):
             line = json.dumps({"file": str(path), "caption": caption}) if args.format == "jsonl" else caption
             out.write((line if args.format == "jsonl" else f"{path}\t{caption}") + "\n")
     if args.output:
         out.close()
     report_skipped(skipped)
+
+
+def _heatmap_backend(args: argparse.Namespace, model: Any, processor: Any, datastore: Any) -> Any:
+    """`splice serve`'s PyTorch backend over the loaded model (it computes the maps); a `ConfigError` if it cannot."""
+    from ..serve.backend import Settings
+    from ..serve.torch_backend import TorchBackend
+    from ..training.config import ConfigError
+
+    backend = TorchBackend(model, processor, Path(args.model).name, datastore)
+    problem = backend.heatmap_problem(Settings(args.num_beams, args.max_new_tokens, heatmap=True))
+    if problem:
+        raise ConfigError(f"--heatmaps {args.heatmaps}: {problem.removeprefix('heatmap=true ')}")
+    return backend
+
+
+def _caption_with_heatmaps(backend: Any, paths: list, images: list, args: argparse.Namespace) -> list[str]:
+    """Caption a batch; write one overlay PNG per generated token under `args.heatmaps/<image stem>/`."""
+    from ..serve.backend import Settings
+    from ..serve.heatmaps import write_token_heatmaps
+
+    outputs = backend.run(images, Settings(args.num_beams, args.max_new_tokens, heatmap=True))
+    for path, image, output in zip(paths, images, outputs):
+        write_token_heatmaps(Path(args.heatmaps) / Path(path).stem, image, output.tokens, output.attention)
+    return [output.text for output in outputs]
 
 
 def _run_onnx(args: argparse.Namespace) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -41,3 +43,17 @@ def data_url(image: Image.Image) -> str:
 def heatmap_urls(image: Image.Image, grids: Sequence[Sequence[Sequence[float]]]) -> list[str]:
     """One PNG data URL per token's grid, overlaid on `image`."""
     return [data_url(overlay(image, grid)) for grid in grids]
+
+
+def write_token_heatmaps(
+    folder: Path, image: Image.Image, tokens: Sequence[str], grids: Sequence[Sequence[Sequence[float]]]
+) -> list[Path]:
+    """One overlay PNG per token, `folder/<NN>-<token>.png` (`splice caption --heatmaps`); the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (token, grid) in enumerate(zip(tokens, grids)):
+        name = re.sub(r"[^\w-]+", "_", token.strip()) or "_"
+        path = folder / f"{index:02d}-{name}.png"
+        overlay(image, grid).save(path)
+        paths.append(path)
+    return paths
