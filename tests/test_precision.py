@@ -26,18 +26,24 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("in_features", [32, 37])  # 37: bf16 goes around torch's kernel (it crashes at K % 16 != 0)
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
-def test_int8_layer_is_the_product_with_its_rounded_weight(kind, in_features, dtype):
+@pytest.mark.parametrize("length", [3, 20])  # 2 x 3 rows: the int8 kernel; 2 x 20: dequantized weight + GEMM
+def test_int8_layer_is_the_product_with_its_rounded_weight(kind, in_features, dtype, length, monkeypatch):
     torch.manual_seed(0)
     layer = nn.Linear(in_features, 24) if kind == "linear" else Conv1D(24, in_features)
     if kind == "conv1d":
         nn.init.normal_(layer.bias, std=0.1)
-    x = torch.randn(3, 2, in_features)
+    x = torch.randn(2, length, in_features)
     quantized = Int8WeightOnlyLinear.from_module(layer)
+    calls = []
+    kernel = torch._weight_int8pack_mm
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *args: calls.append(1) or kernel(*args))
     with torch.no_grad():
         got = quantized(x.to(dtype))
         exact = layer(x)
         rounded = F.linear(x, quantized.dequantized_weight(torch.float32), layer.bias)
-    assert got.shape == exact.shape == (3, 2, 24) and got.dtype == dtype
+    kernel_runs = 2 * length <= precision.KERNEL_MAX_ROWS and (dtype == torch.float32 or in_features % 16 == 0)
+    assert calls == ([1] if kernel_runs else [])
+    assert got.shape == exact.shape == (2, length, 24) and got.dtype == dtype
     assert quantized.weight_int8.dtype == torch.int8 and quantized.weight_int8.shape == (24, in_features)
     assert relative_error(got, rounded) <= (1e-5 if dtype == torch.float32 else 2e-2)
     assert relative_error(got, exact) <= (1e-2 if dtype == torch.float32 else 3e-2)  # int8 rounding: ~0.4% / weight
