@@ -82,3 +82,12 @@ def test_builtin_shapes_records_carry_their_slots():
     records = load_records("builtin:shapes", "caption", 3, seed=0, image_size=None)
     assert all(parse_shapes_caption(r["references"][0]) == r["slots"] for r in records)
     assert "slots" not in load_records("builtin:ocr", "ocr", 1, seed=0, image_size=None)[0]
+
+
+@pytest.mark.slow  # the full shapes demo (about 10 minutes on 2 cores): the README's main job names the right shapes
+def test_full_shapes_demo_names_the_right_shapes(tmp_path, capsys):
+    from splice.cli.demo import run_demo
+
+    metrics = run_demo("shapes", str(tmp_path))
+    assert metrics["slot_sample"] >= 0.95 and metrics["slot_shape"] >= 0.95, metrics
+    assert "slot accuracy" in capsys.readouterr().out
