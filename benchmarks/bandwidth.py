@@ -15,12 +15,12 @@ those weights from memory. This script measures:
    transformers fp32 and splice fp32, and its agreement with fp32's tokens (free-running on the timed image, and
    teacher-forced on 8 more images: the fraction of positions whose argmax equals fp32's greedy token).
 
-Arms: transformers fp32, splice fp32, splice bf16, splice int8 (fp32 activations), splice bf16 + int8 (the LM head and
-embeddings in bf16), the same with the LM head in int8 too (measured, not a default), and JAX fp32 (splice's Flax
-class, jit, unless `--no-jax`). Every arm loads the same checkpoint (bench.py's ViT + GPT-2 of `--size`, GPT-2's
-50,257-token vocabulary, random weights redrawn so that greedy decoding varies); transformers and splice fp32 must
-produce identical ids (else the run aborts). Arms are timed interleaved, median of `--repeats`. Timings are ratios
-within one run: compare nothing across runs on a shared machine.
+Arms: transformers fp32, splice fp32, splice bf16, splice fp32 + int8 (the int8 layers take bf16 inputs), splice
+bf16 + int8 (the LM head and embeddings in bf16), the same with the LM head in int8 too (measured, not a default), and
+JAX fp32 (splice's Flax class, jit, unless `--no-jax`). Every arm loads the same checkpoint (bench.py's ViT + GPT-2 of
+`--size`, GPT-2's 50,257-token vocabulary, random weights redrawn so that greedy decoding varies); transformers and
+splice fp32 must produce identical ids (else the run aborts). Arms are timed interleaved, median of `--repeats`.
+Timings are ratios within one run: compare nothing across runs on a shared machine.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def build_arms(directory: str, jax: bool, eos_for_jax: int) -> list[Arm]:
         "transformers fp32": (reference, torch.float32),
         "splice fp32": (spliced(), torch.float32),
         "splice bf16": (spliced("bf16"), torch.bfloat16),
-        "splice int8 (fp32 activations)": (spliced(None, "int8"), torch.float32),
+        "splice fp32 + int8": (spliced(None, "int8"), torch.float32),
         "splice bf16 + int8": (spliced("bf16", "int8"), torch.bfloat16),
         # Measured, not the default: the LM head in int8 too (by default it stays in the model's dtype).
         "splice bf16 + int8, LM head int8": (quantize(spliced("bf16"), "int8", include_lm_head=True), torch.bfloat16),

@@ -7,7 +7,8 @@ so fewer bytes per weight is the lever: bf16 halves them, int8 quarters the laye
 - `quantize(model, "int8")` swaps every `nn.Linear` and GPT-2 `Conv1D` of encoder, decoder and conditioning for an
   [`Int8WeightOnlyLinear`]: weights rounded per output channel to int8 (symmetric, absmax scale), activations in the
   model's dtype, the product on `torch._weight_int8pack_mm` (PyTorch's int8-weight matmul; on a CPU it dequantizes
-  inside the kernel, so eager mode gains without compilation). `torch.ao`'s `quantize_dynamic({nn.Linear})` and
+  inside the kernel, so eager mode gains without compilation; in an fp32 model the layers' inputs are rounded to bf16
+  for it, its fast path: `splice._compat.int8pack_mm_dtype`). `torch.ao`'s `quantize_dynamic({nn.Linear})` and
   torchao's default filter only see `nn.Linear`, which in GPT-2 is just the LM head: the blocks are `Conv1D`.
 - The LM head (output embeddings, tied to the input embeddings in GPT-2) and the embeddings keep the model's dtype:
   the head decides every token, and measured agreement with fp32 is what the mode is judged by (`include_lm_head=True`
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ._compat import int8pack_mm_supports
+from ._compat import int8pack_mm_dtype
 
 DTYPE_ALIASES = {
     "fp32": torch.float32,
@@ -94,12 +95,14 @@ class Int8WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         rows = x.reshape(-1, self.in_features)  # [N, in]
-        if rows.shape[0] <= KERNEL_MAX_ROWS and int8pack_mm_supports(rows, self.weight_int8):
-            out = torch._weight_int8pack_mm(rows.contiguous(), self.weight_int8, self.weight_scale.to(x.dtype))
-            if self.bias is not None:
-                out = out + self.bias.to(x.dtype)
+        kernel_dtype = int8pack_mm_dtype(rows, self.weight_int8) if rows.shape[0] <= KERNEL_MAX_ROWS else None
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if kernel_dtype is not None:
+            scale = self.weight_scale.to(kernel_dtype)
+            out = torch._weight_int8pack_mm(rows.to(kernel_dtype).contiguous(), self.weight_int8, scale).to(x.dtype)
+            if bias is not None:
+                out = out + bias
         else:
-            bias = None if self.bias is None else self.bias.to(x.dtype)
             out = F.linear(rows, self.dequantized_weight(x.dtype), bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 

@@ -45,8 +45,10 @@ def test_int8_layer_is_the_product_with_its_rounded_weight(kind, in_features, dt
     assert calls == ([1] if kernel_runs else [])
     assert got.shape == exact.shape == (2, length, 24) and got.dtype == dtype
     assert quantized.weight_int8.dtype == torch.int8 and quantized.weight_int8.shape == (24, in_features)
-    assert relative_error(got, rounded) <= (1e-5 if dtype == torch.float32 else 2e-2)
-    assert relative_error(got, exact) <= (1e-2 if dtype == torch.float32 else 3e-2)  # int8 rounding: ~0.4% / weight
+    # fp32 rows go to the kernel in bf16 where K allows (its fast path), so only the dequantized product is exact fp32
+    exact_fp32 = dtype == torch.float32 and not (kernel_runs and in_features % 16 == 0)
+    assert relative_error(got, rounded) <= (1e-5 if exact_fp32 else 2e-2)
+    assert relative_error(got, exact) <= (1e-2 if exact_fp32 else 3e-2)  # int8 rounding: ~0.4% per weight
 
 
 def captioner(decoder_config, seed: int = 0) -> splice.VisionEncoderDecoderModel:
