@@ -167,6 +167,11 @@ class OnnxSeq2Seq:
         batch = states.shape[0]
         if cfg["max_new_tokens"] is not None:
             cfg["max_length"] = cfg["max_new_tokens"] + 1
+        elif kwargs.get("max_length") is None and self.generation_config.get("max_length") is None:
+            # transformers v5: with no length set anywhere, 20 new tokens (capped by the config's positions)
+            cfg["max_length"] = generation.DEFAULTS["max_length"] + 1
+            if isinstance(self.config.get("max_position_embeddings"), int):
+                cfg["max_length"] = min(cfg["max_length"], self.config["max_position_embeddings"])
         expand = cfg["num_beams"] if cfg["num_beams"] > 1 else cfg["num_return_sequences"]
         if expand > 1:
             states = np.repeat(states, expand, axis=0)

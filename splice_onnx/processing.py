@@ -38,9 +38,18 @@ class ImageProcessor:
     @classmethod
     def from_dir(cls, directory: Path) -> ImageProcessor:
         path = directory / "preprocessor_config.json"
-        if not path.is_file():
-            raise ValueError(f"{path} is missing: the export has no image processor; pass `pixel_values` instead.")
-        return cls(json.loads(path.read_text()), path)
+        if path.is_file():
+            return cls(json.loads(path.read_text()), path)
+        # transformers v5 processors (SpliceProcessor) save the image processor inside processor_config.json
+        combined = directory / "processor_config.json"
+        if combined.is_file():
+            config = json.loads(combined.read_text()).get("image_processor")
+            if isinstance(config, dict):
+                return cls(config, combined)
+        raise ValueError(
+            f"{path} is missing (and {combined.name} has no 'image_processor'): the export has no image processor; "
+            "pass `pixel_values` instead."
+        )
 
     def __call__(self, images: Any) -> np.ndarray:
         from PIL import Image

@@ -1,8 +1,8 @@
 """Which backend serves a model directory: a list of loaders, tried in order.
 
 A loader is a function `(model_dir, device, datastore) -> Backend | None` that returns a backend for a directory it
-recognises, or `None` to let the next loader try. PyTorch takes any splice directory, so another runtime (e.g.
-onnxruntime over a directory written by `splice export`) goes before it: `LOADERS.insert(0, onnx_loader)`.
+recognises, or `None` to let the next loader try. PyTorch takes any splice directory, so other runtimes go before
+it: onnxruntime serves a directory written by `splice export` (it has the manifest `splice_onnx.json`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,18 @@ def _torch_loader(model_dir: Path, device: str, datastore: str | None) -> Backen
     return TorchBackend.from_directory(model_dir, device=device, datastore=datastore)
 
 
+def _onnx_loader(model_dir: Path, device: str, datastore: str | None) -> Backend | None:
+    """A directory written by `splice export` (it has the manifest `splice_onnx.json`): onnxruntime, no torch."""
+    from .onnx_backend import OnnxBackend, is_export
+
+    if not is_export(model_dir):
+        return None
+    return OnnxBackend.from_directory(model_dir, device=device, datastore=datastore)
+
+
 # Tried in order; the first that returns a backend serves the directory. PyTorch takes any splice directory, so other
 # runtimes (onnxruntime for `splice export` output) go before it.
-LOADERS: list[Loader] = [_torch_loader]
+LOADERS: list[Loader] = [_onnx_loader, _torch_loader]
 
 
 def load_backend(model_dir: str | Path, device: str = "cpu", datastore: str | None = None) -> Backend:

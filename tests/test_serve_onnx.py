@@ -1,0 +1,151 @@
+"""`splice serve` over a `splice export` directory: the onnxruntime backend is chosen by the manifest, answers exactly
+as the PyTorch backend on the same weights (captions, tokens, beams, text generation), refuses heatmaps with a 400
+naming the PyTorch model, and serves with torch and transformers blocked."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from serve_tiny import image, png, save_captioner, save_text_model
+
+from splice.export import export_onnx
+from splice.serve import Settings, create_app, load_backend
+from splice.serve.onnx_backend import OnnxBackend
+from splice.serve.torch_backend import TorchBackend
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+PICTURES = [image(1), image(2, (70, 20)), image(3, (15, 60)), image(4), image(5, (30, 30))]
+TEXTS = ["a red circle", "two blue big squares on the left", "star", "green square on the top right"]
+
+
+def _pair(directory: Path) -> tuple[Path, Path]:
+    export = directory.parent / f"{directory.name}-onnx"
+    export_onnx(directory, export, check=False, progress=None)  # compared here, through the API
+    return directory, export
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    return _pair(save_captioner(tmp_path_factory.mktemp("captioner")))
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    return _pair(save_text_model(tmp_path_factory.mktemp("text")))
+
+
+def _files(pictures):
+    return [("image", (f"{i}.png", png(picture), "image/png")) for i, picture in enumerate(pictures)]
+
+
+@functools.cache
+def _backend(directory: Path):
+    return load_backend(directory)
+
+
+def _answers(directory: Path, requests: list[tuple[str, dict]]) -> list[tuple[int, dict]]:
+    with TestClient(create_app(_backend(directory), max_wait_ms=20)) as client:
+        answers = []
+        for path, kwargs in requests:
+            response = client.post(path, **kwargs)
+            answers.append((response.status_code, response.json()))
+        return answers
+
+
+def _without_model(answers):
+    """The answers with the model name (the directory's) left out, at both levels of a several-image answer."""
+
+    def strip(body):
+        body = {k: v for k, v in body.items() if k != "model"}
+        if "captions" in body:
+            body["captions"] = [strip(caption) for caption in body["captions"]]
+        return body
+
+    return [(status, strip(body)) for status, body in answers]
+
+
+def test_the_manifest_picks_onnxruntime(captioner, text_model):
+    assert isinstance(_backend(captioner[1]), OnnxBackend)
+    assert isinstance(_backend(captioner[0]), TorchBackend)
+    backend = _backend(text_model[1])
+    assert backend.task == "generate" and backend.max_new_tokens == _backend(text_model[0]).max_new_tokens
+
+
+def test_captions_equal_pytorch(captioner):
+    requests = [
+        ("/v1/caption", {"files": _files(PICTURES)}),  # several images, one batch, mixed sizes
+        ("/v1/caption", {"files": _files(PICTURES[:1]), "data": {"max_new_tokens": "7"}}),
+        ("/v1/caption", {"files": _files(PICTURES[1:4]), "data": {"num_beams": "3", "max_new_tokens": "9"}}),
+    ]
+    torch_answers, onnx_answers = (_answers(directory, requests) for directory in captioner)
+    assert all(status == 200 for status, _ in onnx_answers)
+    assert _without_model(onnx_answers) == _without_model(torch_answers)
+    assert onnx_answers[0][1]["model"] == captioner[1].name
+    assert any(caption["caption"] for caption in onnx_answers[0][1]["captions"])  # not all empty
+
+
+def test_text_generation_equals_pytorch(text_model):
+    requests = [
+        ("/v1/generate", {"json": {"text": TEXTS}}),
+        ("/v1/generate", {"json": {"text": TEXTS[1], "num_beams": 2, "max_new_tokens": 6}}),
+    ]
+    torch_answers, onnx_answers = (_answers(directory, requests) for directory in text_model)
+    assert all(status == 200 for status, _ in onnx_answers)
+    assert _without_model(onnx_answers) == _without_model(torch_answers)
+
+
+def test_heatmaps_are_a_clear_400(captioner):
+    with TestClient(create_app(_backend(captioner[1]))) as client:
+        response = client.post("/v1/caption", files=_files(PICTURES[:1]), data={"heatmap": "true"})
+        health = client.get("/health").json()
+    assert response.status_code == 400
+    assert "PyTorch model" in response.json()["detail"] and "ONNX export" in response.json()["detail"]
+    assert health["heatmaps"] is False and health["task"] == "caption"
+
+
+def test_bad_options_name_the_fix(captioner):
+    with pytest.raises(ValueError, match=r"--datastore 'x'.*PyTorch model"):
+        OnnxBackend.from_directory(captioner[1], datastore="x")
+    with pytest.raises(ValueError, match="CUDAExecutionProvider"):
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            raise ValueError("CUDAExecutionProvider present: nothing to refuse here")
+        OnnxBackend.from_directory(captioner[1], device="cuda")
+
+
+@pytest.mark.slow
+def test_serves_without_torch(captioner, tmp_path):
+    """A subprocess where `import torch` and `import transformers` fail serves the export and gives the same
+    captions. `splice/__init__.py` imports the PyTorch models, so the subprocess loads `splice.serve` without
+    running it (an empty `splice` package object): what is checked is that the serving path itself needs no torch."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for name in ("torch", "transformers"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    picture = tmp_path / "0.png"
+    PICTURES[0].save(picture)
+    script = f"""
+import json, sys, types
+package = types.ModuleType("splice"); package.__path__ = [{str(ROOT / "splice")!r}]; sys.modules["splice"] = package
+from fastapi.testclient import TestClient
+from splice.serve.app import create_app
+from splice.serve.loading import load_backend
+with TestClient(create_app(load_backend({str(captioner[1])!r}))) as client:
+    with open({str(picture)!r}, "rb") as file:
+        response = client.post("/v1/caption", files={{"image": ("0.png", file.read(), "image/png")}})
+assert not {{"torch", "transformers"}} & set(sys.modules), sorted(sys.modules)
+print(json.dumps(response.json()))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = _backend(captioner[0]).run([PICTURES[0]], Settings())[0]
+    assert (got["caption"], got["tokens"]) == (expected.text, expected.tokens)
