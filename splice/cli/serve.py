@@ -29,18 +29,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check(args: argparse.Namespace) -> None:
+    """The flags' checks that need no torch (run before it loads): values in range, the model directory exists."""
+    from pathlib import Path
+
+    from ..training.config import ConfigError
+
+    if args.max_wait_ms < 0:
+        raise ConfigError(f"--max-wait-ms={args.max_wait_ms}: must be ≥ 0 (milliseconds an input waits for a batch)")
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb={args.max_upload_mb}: must be > 0 (the largest request body, in MB)")
+    if not Path(args.model_dir).is_dir():
+        raise ConfigError(
+            f"MODEL_DIR={args.model_dir!r}: no such directory; pass the output_dir of `splice train` or the OUT_DIR "
+            "of `splice export`"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     """Load the model and serve it until SIGINT / SIGTERM (requests in flight are answered first)."""
+    from ..training.config import ConfigError
+
+    check(args)
     try:
         import uvicorn
 
         from ..serve import create_app, load_backend
-    except ImportError as error:
-        raise SystemExit(f"splice serve: {error.name} is not installed; pip install 'splice[serve]'") from None
-    from ..training.config import ConfigError
-
-    if args.max_wait_ms < 0:
-        raise ConfigError(f"--max-wait-ms={args.max_wait_ms}: must be ≥ 0")
+    except ModuleNotFoundError as error:
+        # fastapi / uvicorn: the command line's optional-package message; another of the extra's packages: this one
+        if (error.name or "").split(".")[0] in ("fastapi", "uvicorn"):
+            raise
+        raise ConfigError(f"{error.name} is not installed (splice serve needs it); pip install 'splice[serve]'") from None
     try:
         backend = load_backend(args.model_dir, device=args.device, datastore=args.datastore)
     except (ValueError, OSError) as error:
