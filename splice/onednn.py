@@ -40,8 +40,9 @@ class OneDNNLinear(nn.Linear):
     """An `nn.Linear` that runs through oneDNN's matmul on decoding steps, without gradients.
 
     It shares the parameters of the layer it is made from (`weight` is that layer's `weight`, ties included), so its
-    state-dict keys are the layer's own. Everything else — training, autocast, other dtypes, several positions per
-    row, tracing by `torch.compile`, oneDNN switched off — is `F.linear`, exactly the layer's computation.
+    state-dict keys are the layer's own. In bfloat16 a single row (batch 1) is a `torch.mv`. Everything else —
+    training, autocast, other dtypes, several positions per row, tracing by `torch.compile`, oneDNN switched off — is
+    `F.linear`, exactly the layer's computation.
 
     Args:
         base_layer (`nn.Linear`): the layer whose parameters to use; they are read at every call, never copied.
@@ -57,14 +58,19 @@ class OneDNNLinear(nn.Linear):
         if (
             x.dim() < 2
             or x.shape[-2] != 1  # a decoding step feeds one new position per row
-            or x.dtype != torch.float32
-            or self.weight.dtype != torch.float32
+            or x.dtype != self.weight.dtype
             or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             or torch.is_autocast_enabled("cpu")
             or torch.compiler.is_compiling()
-            or not onednn_available()
         ):
+            return F.linear(x, self.weight, self.bias)
+        if x.dtype == torch.bfloat16 and x.numel() == self.in_features:
+            # bf16, one row (batch 1): a matrix-vector product streams the weight faster than bf16 `F.linear`, which
+            # is slower than fp32's at one row (benchmarks/README.md, "Reduced precision").
+            out = torch.mv(self.weight, x.reshape(-1))  # [out]
+            return (out if self.bias is None else out + self.bias).view(*x.shape[:-1], self.out_features)
+        if x.dtype != torch.float32 or not onednn_available():
             return F.linear(x, self.weight, self.bias)
         return _linear_pointwise(x, self.weight, self.bias, "none", [], "")
 

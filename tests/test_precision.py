@@ -10,6 +10,7 @@ from transformers.pytorch_utils import Conv1D
 
 import splice
 from splice import precision
+from splice.onednn import OneDNNLinear
 from splice.precision import Int8WeightOnlyLinear, is_quantized, quantize
 
 GREEDY = {"max_new_tokens": 10, "min_new_tokens": 10, "do_sample": False}
@@ -148,3 +149,16 @@ def test_a_quantized_model_is_not_saved_and_says_how_to_requantize(trained, tmp_
     with pytest.raises(ValueError, match=r"quantized.*from_pretrained\(path, quantize='int8'\)"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_a_bf16_lm_head_at_batch_1_is_a_matrix_vector_product(monkeypatch):
+    model = captioner(gpt2_config()).to(torch.bfloat16)
+    head = model.get_output_embeddings()
+    calls = []
+    mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda *args: calls.append(1) or mv(*args))
+    one, two = (torch.randn(rows, 1, head.in_features, dtype=torch.bfloat16) for rows in (1, 2))
+    wrapped = [1] if isinstance(head, OneDNNLinear) else []  # the head splice wraps where oneDNN runs (x86 CPUs)
+    with torch.no_grad():
+        assert relative_error(head(one), F.linear(one, head.weight)) <= 1e-2 and calls == wrapped
+        assert torch.equal(head(two), F.linear(two, head.weight)) and calls == wrapped  # two rows: F.linear's
