@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> None:
         # fastapi / uvicorn: the command line's optional-package message; another of the extra's packages: this one
         if (error.name or "").split(".")[0] in ("fastapi", "uvicorn"):
             raise
-        raise ConfigError(f"{error.name} is not installed (splice serve needs it); pip install 'splice[serve]'") from None
+        missing = f"{error.name} is not installed (splice serve needs it)"
+        raise ConfigError(f"{missing}; pip install 'splice[serve]'") from None
     try:
         backend = load_backend(args.model_dir, device=args.device, datastore=args.datastore)
     except (ValueError, OSError) as error:
