@@ -13,6 +13,7 @@ LAYERS = {
     1: ["conditioning", "inference"],
     2: ["configuration", "models", "registry"],
     3: ["data", "retrieval", "training", "flax", "tf", "serve", "export"],
+    3.5: ["scale"],  # Ray: batch captioning and serve replicas over the layer-3 modules (serve, retrieval)
     4: ["cli"],
     5: ["__init__"],  # the package's face
 }

@@ -40,6 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write each generated token's cross-attention over its image as DIR/<image>/<NN>-<token>.png "
         "(native or injected cross-attention, --num-beams 1)",
     )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="caption on Ray Data (an actor pool, one model per worker) into --output, a folder of shards named "
+        "*.parquet or *.jsonl; re-running skips inputs already captioned; INPUTS may also be .jsonl/.parquet manifests",
+    )
+    parser.add_argument("--ray-address", help="with --ray: a running Ray cluster (default: start a local one)")
+    parser.add_argument(
+        "--workers", type=at_least_one, default=1, help="with --ray: model replicas (actors), 1 CPU each"
+    )
 
 
 def check(args: argparse.Namespace) -> None:
@@ -82,6 +92,8 @@ def run(args: argparse.Namespace) -> None:
 
     from splice_onnx import MANIFEST
 
+    if args.ray:
+        return _run_ray(args)
     if (Path(args.model) / MANIFEST).is_file():
         if args.heatmaps:
             from ..training.config import ConfigError
@@ -182,3 +194,25 @@ def _run_onnx(args: argparse.Namespace) -> None:
     if args.output:
         out.close()
     report_skipped(skipped)
+
+
+def _run_ray(args: argparse.Namespace) -> None:
+    """`splice caption --ray`: the inputs (manifests expanded) captioned by `splice.scale.captioning` on Ray Data."""
+    from ..scale.captioning import Options, caption_on_ray, is_manifest, output_format, read_manifest
+    from ..training.config import ConfigError
+    from ._inputs import expand_inputs
+
+    if not args.output:
+        raise ConfigError("--ray: give --output captions.parquet (or captions.jsonl), the folder the shards go to")
+    if args.heatmaps:
+        raise ConfigError(f"--heatmaps {args.heatmaps}: not with --ray; drop one of them")
+    try:
+        output_format(args.output)
+        manifests = [item for item in args.inputs if is_manifest(item)]
+        files = [f for m in manifests for f in read_manifest(m)]
+        others = [item for item in args.inputs if item not in manifests]
+        files += [str(path) for path in expand_inputs(others)] if others else []
+        options = Options(args.num_beams, args.max_new_tokens, args.dtype, args.quantize, args.datastore)
+        caption_on_ray(files, args.model, args.output, options, args.workers, args.batch_size, args.ray_address)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
