@@ -146,7 +146,8 @@ def test_one_line_per_epoch_on_one_trainer_only(tmp_path, capsys):
         return Trainer(model=torch.nn.Linear(2, 2), args=args)
 
     on_log = ProgressCallback.on_log
-    quiet, other, plain = trainer(), trainer(), trainer(disable_tqdm=True)
+    # `disable_tqdm` given both ways: its default follows the logging level, which earlier tests may have changed.
+    quiet, other, plain = trainer(disable_tqdm=False), trainer(disable_tqdm=False), trainer(disable_tqdm=True)
     log_one_line_per_epoch(quiet, epochs=2)
     log_one_line_per_epoch(plain, epochs=2)
     kinds = {type(c) for c in quiet.callback_handler.callbacks}
