@@ -93,9 +93,12 @@ def example_encoder_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0
         mask = torch.ones_like(ids)
         mask[1:, 4:] = 0
         return {"input_ids": ids, "attention_mask": mask}
+    if name == "input_values":  # raw audio (Wav2Vec2-like), one second at 16 kHz, unpadded
+        return {name: torch.randn(batch, 16000, generator=gen)}
     raise ExportError(
-        f"encoder input {name!r} ({type(model.encoder).__name__}): splice export handles image (pixel_values) and "
-        "text (input_ids) encoders so far; export a vision or text composite, or open an issue for this encoder."
+        f"encoder input {name!r} ({type(model.encoder).__name__}): splice export handles image (pixel_values), "
+        "audio (input_values) and text (input_ids) encoders so far; export such a composite, or open an issue for "
+        "this encoder."
     )
 
 

@@ -171,10 +171,15 @@ def export_graph(
     axes = _axes(input_names + output_names, layout, with_past)
     onednn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False  # splice's oneDNN LM head (splice/onednn.py) calls an op ONNX lacks
+    # nn.TransformerEncoderLayer's inference fast path (the OCR line encoder's layers) is one fused op that ONNX
+    # lacks; the regular path is the same computation in exportable ops.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         _trace(module, args, path, input_names, output_names, axes, opset)
     finally:
         torch.backends.mkldnn.enabled = onednn
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _trace(module, args, path, input_names, output_names, axes, opset) -> None:  # noqa: ANN001
