@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("critical", "error", "warning", "info", "debug"),
         help="uvicorn's log level",
     )
+    parser.add_argument(
+        "--replicas",
+        type=at_least_one,
+        default=None,
+        help="serve N replicas of the app on Ray Serve (pip install 'splice[ray]'), each its own model and batcher",
+    )
+    parser.add_argument("--ray-address", help="with --replicas: a running Ray cluster (default: start a local one)")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -51,6 +58,8 @@ def run(args: argparse.Namespace) -> None:
     from ..training.config import ConfigError
 
     check(args)
+    if args.replicas:
+        return _run_replicas(args)
     try:
         import uvicorn
 
@@ -79,4 +88,23 @@ def run(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         timeout_keep_alive=args.timeout_keep_alive,
         timeout_graceful_shutdown=60,  # SIGTERM: answer the requests in flight (up to a minute), then exit
+    )
+
+
+def _run_replicas(args: argparse.Namespace) -> None:
+    """`splice serve --replicas N`: the same app on Ray Serve (`splice.scale.serving`)."""
+    from ..scale.serving import run_replicas
+
+    run_replicas(
+        args.model_dir,
+        args.replicas,
+        host=args.host,
+        port=args.port,
+        address=args.ray_address,
+        device=args.device,
+        datastore=args.datastore,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )
