@@ -97,6 +97,7 @@ class OnnxSeq2Seq:
         layout = self.manifest["layout"]
         self.encoder_inputs: list[str] = layout["encoder_inputs"]
         self.encoder_mask: bool = layout["encoder_mask"]
+        self.decoder_mask: bool = layout.get("decoder_mask", False)  # left-padded decoder prompts (SmallCap)
         self._past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self._outputs = [o.name for o in self.decoder.get_outputs()]
         self._image_processor: Any = None
@@ -122,12 +123,29 @@ class OnnxSeq2Seq:
         return self.encoder.run(["last_hidden_state"], feed)[0]
 
     def decode(
-        self, ids: np.ndarray, states: np.ndarray, mask: np.ndarray | None, past: dict[str, np.ndarray] | None
+        self,
+        ids: np.ndarray,
+        states: np.ndarray,
+        mask: np.ndarray | None,
+        past: dict[str, np.ndarray] | None,
+        decoder_mask: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One decoder call: logits `[N, T, V]` and the new past (`past=None`: the first step)."""
+        """One decoder call: logits `[N, T, V]` and the new past (`past=None`: the first step). `decoder_mask`
+        `[N, past + T]` (graphs exported with a decoder mask: SmallCap): a left-padded prompt's mask, all ones if
+        not given; positions count its real tokens."""
         feed: dict[str, np.ndarray] = {"input_ids": np.asarray(ids, dtype=np.int64), "encoder_hidden_states": states}
         if self.encoder_mask:
             feed["encoder_attention_mask"] = np.asarray(mask, dtype=np.int64)
+        if self.decoder_mask:
+            length = ids.shape[1] + (0 if past is None else _past_length(past))
+            full = np.ones((ids.shape[0], length), np.int64) if decoder_mask is None else decoder_mask.astype(np.int64)
+            feed["decoder_attention_mask"] = full
+            feed["decoder_position_ids"] = np.maximum(full.cumsum(-1) - 1, 0)[:, -ids.shape[1] :]
+        elif decoder_mask is not None and not decoder_mask.all():
+            raise ValueError(
+                f"{self.directory}: a left-padded decoder prompt needs graphs exported with a decoder mask (SmallCap "
+                "exports have one); pass prompts of one length, or unpadded ones one at a time."
+            )
         if past is None:
             for spec in self._past:
                 shape = [ids.shape[0] if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(spec.shape)]
@@ -165,24 +183,34 @@ class OnnxSeq2Seq:
         states = self.encode(inputs)
         mask = inputs.get("attention_mask") if self.encoder_mask else None
         batch = states.shape[0]
+        ids = np.full((batch, 1), start, dtype=np.int64)
+        prompt_mask = None
+        if inputs.get("decoder_input_ids") is not None:  # a decoder prompt (left-padded, with its mask)
+            ids = np.asarray(inputs["decoder_input_ids"], dtype=np.int64)
+            given = inputs.get("decoder_attention_mask")
+            prompt_mask = np.ones_like(ids) if given is None else np.asarray(given, dtype=np.int64)
         if cfg["max_new_tokens"] is not None:
-            cfg["max_length"] = cfg["max_new_tokens"] + 1
+            cfg["max_length"] = cfg["max_new_tokens"] + ids.shape[1]
         elif kwargs.get("max_length") is None and self.generation_config.get("max_length") is None:
             # transformers v5: with no length set anywhere, 20 new tokens (capped by the config's positions)
-            cfg["max_length"] = generation.DEFAULTS["max_length"] + 1
+            cfg["max_length"] = generation.DEFAULTS["max_length"] + ids.shape[1]
             if isinstance(self.config.get("max_position_embeddings"), int):
                 cfg["max_length"] = min(cfg["max_length"], self.config["max_position_embeddings"])
         expand = cfg["num_beams"] if cfg["num_beams"] > 1 else cfg["num_return_sequences"]
         if expand > 1:
             states = np.repeat(states, expand, axis=0)
             mask = None if mask is None else np.repeat(mask, expand, axis=0)
+            prompt_mask = None if prompt_mask is None else np.repeat(prompt_mask, expand, axis=0)
 
-        def step(ids: np.ndarray, past: Any, reorder: np.ndarray | None) -> tuple[np.ndarray, Any]:
+        def step(fed: np.ndarray, past: Any, reorder: np.ndarray | None) -> tuple[np.ndarray, Any]:
             if past is not None and reorder is not None:
                 past = {k: (v if ".encoder." in k else v[reorder]) for k, v in past.items()}
-            return self.decode(ids, states, mask, past)
+            full = None
+            if prompt_mask is not None:  # the prompt's mask, then ones (beams of an input share one prompt)
+                grown = fed.shape[1] + (0 if past is None else _past_length(past)) - prompt_mask.shape[1]
+                full = np.concatenate([prompt_mask, np.ones((prompt_mask.shape[0], grown), np.int64)], axis=1)
+            return self.decode(fed, states, mask, past, full)
 
-        ids = np.full((batch, 1), start, dtype=np.int64)
         if cfg["num_beams"] > 1:
             return generation.beam_search(step, ids, cfg)
         rng = np.random.default_rng(seed)
@@ -190,10 +218,28 @@ class OnnxSeq2Seq:
 
     # -- one-call inference ----------------------------------------------------------------------------------------
 
-    def caption(self, images: Any, **kwargs: Any) -> list[str]:
-        """Text for PIL images (preprocessed as `preprocessor_config.json` says), decoded without special tokens."""
-        pixel_values = self._image_processor_or_load()(images)
-        return self.tokenizer.decode(self.generate({"pixel_values": pixel_values}, **kwargs))
+    def caption(self, images: Any, prompts: list[str] | None = None, **kwargs: Any) -> list[str]:
+        """Text for PIL images (preprocessed as `preprocessor_config.json` says), decoded without special tokens.
+        `prompts`: one decoder prompt per image (SmallCap), left-padded in one batch and stripped from the text."""
+        feed = {"pixel_values": self._image_processor_or_load()(images)}
+        if prompts is None:
+            return self.tokenizer.decode(self.generate(feed, **kwargs))
+        feed.update(self.encode_prompts(prompts))
+        return self.tokenizer.decode(self.generate(feed, **kwargs)[:, feed["decoder_input_ids"].shape[1] :])
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """Start token + each prompt's ids (no special tokens), left-padded: `decoder_input_ids` and
+        `decoder_attention_mask` `[B, P]`, as `splice.inference.encode_prompts`."""
+        start = self.config.get("decoder_start_token_id")
+        pad = self.config.get("pad_token_id") or 0
+        rows = [[start, *self.tokenizer.tokenizer.encode(p, add_special_tokens=False).ids] for p in prompts]
+        width = max(len(row) for row in rows)
+        ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = 1
+        return {"decoder_input_ids": ids, "decoder_attention_mask": mask}
 
     def _image_processor_or_load(self) -> Any:
         from .processing import ImageProcessor
@@ -216,6 +262,14 @@ class OnnxSeq2Seq:
         if self._tokenizer is None:
             self._tokenizer = TextTokenizer(self.directory)
         return self._tokenizer
+
+
+def _past_length(past: dict[str, np.ndarray]) -> int:
+    """Tokens the self-attention cache holds."""
+    for name, value in past.items():
+        if ".encoder." not in name:
+            return int(value.shape[2])
+    return 0
 
 
 OnnxCaptioner = OnnxSeq2Seq

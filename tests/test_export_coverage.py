@@ -1,6 +1,8 @@
 """`splice export` coverage beyond test_export.py (issue 20, item 3): the OCR demo's line encoder (CRNN + transformer
-layers) + GPT-2 and the speech composite (Wav2Vec2 + GPT-2). For each: both graphs' logits within 1e-4 of PyTorch
-(fp32) and greedy ids identical at batch 1 and 4 (slow: each export traces the model twice)."""
+layers) + GPT-2, the speech composite (Wav2Vec2 + GPT-2) and SmallCap (CLIP + GPT-2 with reduced cross-attention,
+left-padded retrieval prompts). For each: both graphs' logits within 1e-4 of PyTorch (fp32) and greedy ids identical
+at batch 1 and 4; SmallCap with prompts of different lengths, and its captions through both `caption`s (slow: each
+export traces the model twice)."""
 
 import numpy as np
 import pytest
@@ -10,7 +12,9 @@ from tiny import decoder_config, randomize
 
 import splice
 from splice.export import export_onnx, load_model, runtime_logit_diff
+from splice.inference import encode_prompts
 from splice.models.line_encoder import LineEncoderConfig
+from splice.models.smallcap import SmallCapConfig, SmallCapModel
 from splice_onnx import OnnxSeq2Seq
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -34,11 +38,32 @@ def line_encoder_config() -> LineEncoderConfig:
                              num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)  # fmt: skip
 
 
+CAPTIONS = ["a red circle", "a blue square on the left", "two green stars at the top right", "a big star"]
+
+
+def _smallcap() -> SmallCapModel:
+    """CLIP vision (32 px, 8 px patches) + GPT-2 with cross-attention reduced 4x, retrieving 2 captions; saved with a
+    word-level tokenizer and a 32x32 image processor (the runtime's resize)."""
+    from splice.data.builtin import train_tokenizer
+    from splice.models.smallcap import NO_RETRIEVAL_PROMPT, build_prompt
+
+    tokenizer = train_tokenizer(CAPTIONS + [NO_RETRIEVAL_PROMPT, build_prompt(CAPTIONS)])
+    vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=32, patch_size=8)  # fmt: skip
+    decoder = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=len(tokenizer),
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    model = SmallCapModel(SmallCapConfig.from_encoder_decoder_configs(vision, decoder, retrieval_k=2))
+    model._processor = splice.SpliceProcessor(T.ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    return model
+
+
 def _save(directory, model):
     model.config.decoder_start_token_id, model.config.pad_token_id = 1, 0
     model.generation_config.decoder_start_token_id = 1
     randomize(model, seed=3, embedding_std=0.1)
     model.save_pretrained(str(directory))
+    if getattr(model, "_processor", None) is not None:
+        model._processor.save_pretrained(str(directory))
     return str(directory)
 
 
@@ -49,6 +74,7 @@ BUILDERS = {
     "speech": lambda: splice.SpeechEncoderDecoderModel(
         splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), decoder_config("gpt2"))
     ),
+    "smallcap": _smallcap,
 }
 
 
@@ -71,7 +97,8 @@ def _inputs(model, batch: int, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     if model.encoder.main_input_name == "input_values":  # audio of another length than the export's example
         return {"input_values": torch.randn(batch, 12000 + 800 * seed, generator=gen)}
-    height, width = model.config.encoder.image_size
+    size = model.config.encoder.image_size
+    height, width = (size, size) if isinstance(size, int) else size
     return {"pixel_values": torch.randn(batch, 3, height, width, generator=gen)}
 
 
@@ -94,6 +121,68 @@ def test_greedy_ids_match_pytorch(exported, case, batch):
     got = runtime.generate({k: v.numpy() for k, v in inputs.items()}, num_beams=1, max_new_tokens=12)
     RESULTS[(case, f"greedy ids equal, batch {batch}")] = got.shape == expected.shape and np.array_equal(got, expected)
     np.testing.assert_array_equal(got, expected)
+
+
+def _prompts(model, batch: int) -> dict[str, torch.Tensor]:
+    """Left-padded retrieval prompts of different lengths (the first row: the no-retrieval prompt)."""
+    retrieved = [None, CAPTIONS[:2], CAPTIONS[2:3], CAPTIONS[1:]][:batch]
+    prompts = [model.prompts(None if r is None else [r], 1)[0] for r in retrieved]
+    config = model.config
+    ids, mask = encode_prompts(model.processor.tokenizer, prompts, config.decoder_start_token_id, config.pad_token_id)
+    return {"decoder_input_ids": ids, "decoder_attention_mask": mask}
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_smallcap_prompted_logits_and_ids_match_pytorch(exported, batch):
+    model, runtime = exported("smallcap")
+    inputs = _inputs(model, batch, seed=batch)
+    prompt = _prompts(model, batch)
+    feed = {"pixel_values": inputs["pixel_values"].numpy(), **{k: v.numpy() for k, v in prompt.items()}}
+    # logits: the prompt (first step) and two cached steps, against one PyTorch forward; padded positions left out
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.cat([prompt["decoder_input_ids"], torch.randint(3, 20, (batch, 2), generator=gen)], dim=1)
+    mask = torch.cat([prompt["decoder_attention_mask"], torch.ones(batch, 2, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        expected = model(**inputs, decoder_input_ids=ids, decoder_attention_mask=mask,
+                         decoder_position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.numpy()  # fmt: skip
+    states = runtime.encode(feed)
+    width = prompt["decoder_input_ids"].shape[1]
+    first, past = runtime.decode(ids[:, :width].numpy(), states, None, None, mask[:, :width].numpy())
+    second, past = runtime.decode(ids[:, width : width + 1].numpy(), states, None, past, mask[:, : width + 1].numpy())
+    third, _ = runtime.decode(ids[:, width + 1 :].numpy(), states, None, past, mask.numpy())
+    got = np.concatenate([first, second, third], axis=1)
+    real = mask.numpy().astype(bool)
+    diff = float(np.abs(got - expected)[real].max())
+    RESULTS[("smallcap", f"max |logits diff| with prompts, batch {batch}")] = diff
+    assert diff <= LOGITS_ATOL
+    for num_beams in (1, 3):
+        with torch.no_grad():
+            want = model.generate(**inputs, **prompt, num_beams=num_beams, max_new_tokens=10).numpy()
+        have = runtime.generate(feed, num_beams=num_beams, max_new_tokens=10)
+        assert have.shape[1] >= width + 3  # tokens were generated after the prompt
+        RESULTS[("smallcap", f"ids equal with prompts, beams {num_beams}, batch {batch}")] = np.array_equal(want, have)
+        np.testing.assert_array_equal(have, want)
+
+
+def test_smallcap_captions_match_pytorch(exported):
+    """`SmallCapModel.caption(images, retrieved_captions=...)` and the runtime's `caption(images, prompts=...)`: the
+    prompts encoded the same way (start token, no special tokens, left padding) and stripped from the text."""
+    from tiny import random_image
+
+    model, runtime = exported("smallcap")
+    images = [random_image(seed, size=(40 + 8 * seed, 48)) for seed in range(4)]
+    retrieved = [CAPTIONS[:2], CAPTIONS[2:3], CAPTIONS[1:], CAPTIONS[3:]]
+    expected = model.caption(images, retrieved_captions=retrieved, max_new_tokens=8)
+    prompts = model.prompts(retrieved, len(images))
+    np.testing.assert_array_equal(runtime.encode_prompts(prompts)["decoder_input_ids"],
+                                  _prompts_ids(model, prompts))  # fmt: skip
+    assert runtime.caption(images, prompts=prompts, max_new_tokens=8) == expected
+    assert runtime.manifest["decoder_prompt"]["k"] == 2
+
+
+def _prompts_ids(model, prompts):
+    config = model.config
+    return encode_prompts(model.processor.tokenizer, prompts, config.decoder_start_token_id, config.pad_token_id)[0]
 
 
 def test_print_table():

@@ -149,3 +149,33 @@ print(json.dumps(response.json()))
     got = json.loads(result.stdout.strip().splitlines()[-1])
     expected = _backend(captioner[0]).run([PICTURES[0]], Settings())[0]
     assert (got["caption"], got["tokens"]) == (expected.text, expected.tokens)
+
+
+@pytest.mark.slow
+def test_smallcap_export_serves_the_no_retrieval_prompt(tmp_path):
+    """An exported SmallCap answers as the PyTorch backend without a datastore: each image with the no-retrieval
+    prompt, left out of the caption and its tokens."""
+    import transformers as T
+    from tiny import randomize
+
+    import splice
+    from splice.data.builtin import train_tokenizer
+    from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel
+
+    tokenizer = train_tokenizer(["a red circle on the left", NO_RETRIEVAL_PROMPT])
+    vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=32, patch_size=8)  # fmt: skip
+    decoder = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=len(tokenizer),
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    model = randomize(SmallCapModel(SmallCapConfig.from_encoder_decoder_configs(vision, decoder)), seed=1)
+    model.save_pretrained(tmp_path / "smallcap")
+    splice.SpliceProcessor(T.ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(
+        tmp_path / "smallcap"
+    )
+    _, export = _pair(tmp_path / "smallcap")
+    requests = [("/v1/caption", {"files": _files(PICTURES[:3]), "data": {"max_new_tokens": "8"}}),
+                ("/v1/caption", {"files": _files(PICTURES[3:4]), "data": {"num_beams": "2"}})]  # fmt: skip
+    torch_answers, onnx_answers = (_answers(directory, requests) for directory in (tmp_path / "smallcap", export))
+    assert all(status == 200 for status, _ in onnx_answers)
+    assert _without_model(onnx_answers) == _without_model(torch_answers)
+    assert any(caption["tokens"] for caption in onnx_answers[0][1]["captions"])

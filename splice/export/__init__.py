@@ -162,6 +162,7 @@ def export_onnx(
     mask = inputs.get("attention_mask")
     layout = detect_layout(model, states, mask)
     layout.encoder_inputs = names
+    layout.decoder_mask = hasattr(model, "prompts")  # SmallCap: left-padded retrieval prompts
     say(f"[1/5] encoder: {type(model.encoder).__name__} -> {ENCODER_FILE}")
     export_graph(encoder, tuple(inputs.values()), str(out / ENCODER_FILE), names, ["last_hidden_state"], layout,
                  False, opset)  # fmt: skip
@@ -183,6 +184,8 @@ def export_onnx(
         "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE},
         "opset": opset,
     }
+    if layout.decoder_mask:
+        manifest["decoder_prompt"] = _prompt_settings(model)
     if quantize:
         from .quantize import quantize_int8
 
@@ -213,6 +216,13 @@ def _export_decoder(
     ids = torch.randint(3, model.config.decoder.vocab_size, (batch, 3), generator=torch.Generator().manual_seed(1))
     ids[:, 0] = model.config.decoder_start_token_id or 0
     extra = [mask] if layout.encoder_mask else []
+    step_extra = list(extra)
+    if layout.decoder_mask:  # a left-padded prompt in the example, so the mask is traced as data
+        prompt_mask = torch.ones_like(ids)
+        prompt_mask[1:, :1] = 0
+        step_mask = torch.cat([prompt_mask, torch.ones_like(ids[:, :1])], dim=1)
+        extra += [prompt_mask, decoder_positions(prompt_mask, ids.shape[1])]
+        step_extra += [step_mask, decoder_positions(step_mask, 1)]
     first, step = DecoderStep(model, layout, False), DecoderStep(model, layout, True)
     with torch.no_grad():
         present = first(ids, states, *extra)[1:]
@@ -222,7 +232,7 @@ def _export_decoder(
     with tempfile.TemporaryDirectory() as tmp:
         export_graph(first, (ids, states, *extra), f"{tmp}/first.onnx", layout.decoder_inputs, output_names, layout,
                      False, opset)  # fmt: skip
-        export_graph(step, (ids[:, -1:], states, *extra, *past.values()), f"{tmp}/step.onnx",
+        export_graph(step, (ids[:, -1:], states, *step_extra, *past.values()), f"{tmp}/step.onnx",
                      layout.decoder_inputs + list(past), output_names, layout, True, opset)  # fmt: skip
         merged = merge_decoders(
             onnx.load(f"{tmp}/first.onnx"),
@@ -231,6 +241,19 @@ def _export_decoder(
             output_names,
         )
     onnx.save(merged, str(path))
+
+
+def decoder_positions(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """The positions of the last `length` tokens under a left-padded decoder mask: real tokens counted from 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+def _prompt_settings(model: torch.nn.Module) -> dict[str, Any]:
+    """SmallCap's prompts, for a runtime without the PyTorch model: the no-retrieval prompt, the template, k."""
+    from ..models.smallcap import NO_RETRIEVAL_PROMPT
+
+    config = model.config
+    return {"no_retrieval": NO_RETRIEVAL_PROMPT, "template": config.prompt_template, "k": config.retrieval_k}
 
 
 def check_export(model: torch.nn.Module, out: Path, atol: float = LOGITS_ATOL) -> float:

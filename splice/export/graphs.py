@@ -31,6 +31,9 @@ class Layout:
     cross_cached: bool  # past/present carry `.encoder.key/value` (the cross-attention keys/values, computed once)
     encoder_mask: bool  # the decoder takes `encoder_attention_mask`
     encoder_inputs: list[str] = field(default_factory=list)
+    # The decoder takes `decoder_attention_mask` `[B, past + T]` and `decoder_position_ids` `[B, T]`: left-padded
+    # decoder prompts (SmallCap's retrieval prompts), whose positions count real tokens only.
+    decoder_mask: bool = False
 
     def past_names(self, prefix: str = "past_key_values") -> list[str]:
         parts = (
@@ -44,7 +47,8 @@ class Layout:
     @property
     def decoder_inputs(self) -> list[str]:
         names = ["input_ids", "encoder_hidden_states"]
-        return names + (["encoder_attention_mask"] if self.encoder_mask else [])
+        names += ["encoder_attention_mask"] if self.encoder_mask else []
+        return names + (["decoder_attention_mask", "decoder_position_ids"] if self.decoder_mask else [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +56,7 @@ class Layout:
             "cross_cached": self.cross_cached,
             "encoder_mask": self.encoder_mask,
             "encoder_inputs": self.encoder_inputs,
+            "decoder_mask": self.decoder_mask,
         }
 
 
@@ -96,6 +101,10 @@ class DecoderStep(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor, *rest: torch.Tensor):
         mask, past = (rest[0], rest[1:]) if self.layout.encoder_mask else (None, rest)
+        prompt: dict[str, torch.Tensor] = {}
+        if self.layout.decoder_mask:
+            prompt = {"decoder_attention_mask": past[0], "decoder_position_ids": past[1]}
+            past = past[2:]
         cache = self._cache(past)
         out = self.model(
             encoder_outputs=(encoder_hidden_states,),
@@ -104,6 +113,7 @@ class DecoderStep(nn.Module):
             past_key_values=cache,
             use_cache=True,
             return_dict=True,
+            **prompt,
         )
         flat = [out.logits]
         self_cache, cross_cache = cache.self_attention_cache, cache.cross_attention_cache
@@ -134,7 +144,11 @@ def _axes(names: list[str], layout: Layout, with_past: bool) -> dict[str, dict[i
     """optimum's symbolic dimension names (transformers.js gives `batch_size` the batch, other symbols 0)."""
     axes: dict[str, dict[int, str]] = {}
     for name in names:
-        if name in ("input_ids", "attention_mask", "encoder_attention_mask"):
+        if name == "decoder_attention_mask":
+            axes[name] = {0: BATCH, 1: "past_decoder_sequence_length + 1" if with_past else "decoder_sequence_length"}
+        elif name == "decoder_position_ids":
+            axes[name] = {0: BATCH, 1: "decoder_sequence_length"}
+        elif name in ("input_ids", "attention_mask", "encoder_attention_mask"):
             seq = "decoder_sequence_length" if name == "input_ids" else "encoder_sequence_length"
             axes[name] = {0: BATCH, 1: seq}
         elif name in ("pixel_values", "input_values", "input_features"):

@@ -2,7 +2,9 @@
 run by the torch-free runtime `splice_onnx` behind the same API as the PyTorch backend, with the same answers.
 
 This module and the runtime import neither torch nor transformers. Per-token heatmaps need the attention weights,
-which the exported graphs do not return: asked for, they are refused with a 400 that names the PyTorch model.
+which the exported graphs do not return: asked for, they are refused with a 400 that names the PyTorch model. An
+exported SmallCap captions with its no-retrieval prompt (as the PyTorch backend without a datastore): retrieval
+embeds images with the PyTorch encoder.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class OnnxBackend:
         self.image_processor = model._image_processor_or_load() if self.task == "caption" else None
         limit = decoder_position_limit(model.config.get("decoder", {}))
         self.max_new_tokens = min(MAX_NEW_TOKENS, limit - 1) if limit else MAX_NEW_TOKENS
+        # SmallCap: every image gets the no-retrieval prompt (retrieval needs the PyTorch model and its datastore)
+        self.prompt: str | None = (model.manifest.get("decoder_prompt") or {}).get("no_retrieval")
 
     @classmethod
     def from_directory(cls, model_dir: Path, device: str = "cpu", datastore: str | None = None) -> OnnxBackend:
@@ -149,6 +153,10 @@ class OnnxBackend:
         else:
             pad = self.tokens.pad_token_id if self.tokens.pad_token_id is not None else 0
             feed = self.model.tokenizer.encode(list(inputs), pad)
+        if self.prompt is not None:
+            feed.update(self.model.encode_prompts([self.prompt] * len(inputs)))
         sequences = self.model.generate(feed, **self._kwargs(settings))
-        first = 1 if self.task == "caption" else 0  # as the PyTorch backend: pieces after the decoder start token
-        return [Output(self.tokens.text(row), self.tokens.pieces(row[first:].tolist())) for row in sequences]
+        # As the PyTorch backend: captions after the prompt (or the decoder start token), generations whole.
+        start = feed["decoder_input_ids"].shape[1] if self.prompt is not None else 0
+        first = start or (1 if self.task == "caption" else 0)
+        return [Output(self.tokens.text(row[start:]), self.tokens.pieces(row[first:].tolist())) for row in sequences]
