@@ -247,3 +247,21 @@ def test_compiled_functions_are_shared_by_models_of_one_architecture(tmp_path):
     other = FlaxVisionEncoderDecoderModel(other_config)
     other(**inputs, decoder_input_ids=ids)
     assert other._compiled[("forward", other.dtype, (("train", False),))] is not forward
+
+
+def test_init_weights_draws_only_what_params_leaves_out():
+    config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), gpt2_config())
+    model = FlaxVisionEncoderDecoderModel(config, seed=0)
+    first, second = model.init_weights(jax.random.PRNGKey(1)), model.init_weights(jax.random.PRNGKey(2))
+
+    def embeddings(params):
+        return params["decoder"]["transformer"]["wte"]["weight"]
+
+    def pooler(params):
+        return params["encoder"]["pooler"]["dense"]["weight"]
+
+    assert not np.allclose(embeddings(first), embeddings(second))
+    merged = model.init_weights(jax.random.PRNGKey(2), params={"decoder": {"transformer": {"wte": {"weight":
+                                embeddings(first)}}}})  # fmt: skip
+    np.testing.assert_array_equal(embeddings(merged), embeddings(first))  # given: kept
+    np.testing.assert_array_equal(pooler(merged), pooler(second))  # missing: drawn from the key

@@ -1,4 +1,4 @@
-"""The seeds' Flax classes: `FlaxVisionEncoderDecoderModel` and `FlaxEncoderDecoderModel`, on Flax NNX.
+"""transformers' Flax composite classes: `FlaxVisionEncoderDecoderModel` and `FlaxEncoderDecoderModel`, on Flax NNX.
 
 A model is a config, a `params` pytree (nested dicts of arrays, keyed like the checkpoint) and jit-compiled pure
 functions of it, as transformers' Flax models were: `model(..., params=new_params)` is differentiable in `params`,
@@ -92,7 +92,7 @@ def shared_compiled(key: Hashable, make: Callable[[], Any]) -> Any:
 
 
 class FlaxSpliceModel:
-    """The shared JAX composite; subclasses fix the config class and the encoder input (see the seed classes)."""
+    """The shared JAX composite; subclasses fix the config class and the encoder input (the reference classes below)."""
 
     config_class: type[SpliceConfig] = SpliceConfig
     main_input_name = "pixel_values"
@@ -117,9 +117,17 @@ class FlaxSpliceModel:
     # ---- construction, loading, saving -------------------------------------------------------------------------
 
     def init_weights(self, rng: jax.Array, input_shape: Any = None, params: dict | None = None) -> dict:
-        """Freshly initialised parameters (a pytree like `model.params`) from the PRNG key `rng`."""
+        """Freshly initialised parameters (a pytree like `model.params`) from the PRNG key `rng`; with `params`, as in
+        transformers' Flax models, only the parameters missing from `params` are drawn (the others are kept).
+
+        `input_shape` is the reference classes' argument, accepted for their API: NNX builds parameters from the config
+        alone, without tracing a dummy input, so it changes nothing.
+        """
         seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-        return nnx.split(CompositeModule(self.config, rngs=nnx.Rngs(seed)), nnx.Param)[1].to_pure_dict()
+        fresh = nnx.split(CompositeModule(self.config, rngs=nnx.Rngs(seed)), nnx.Param)[1].to_pure_dict()
+        if params is None:
+            return fresh
+        return unflatten({**flatten(fresh), **flatten(params)}, self._template)
 
     @classmethod
     def from_pretrained(
@@ -128,7 +136,7 @@ class FlaxSpliceModel:
     ) -> FlaxSpliceModel:  # fmt: skip
         r"""
         Load a composite checkpoint (config.json + model.safetensors) written by splice or by transformers' PyTorch
-        classes, from a directory or the hub. `from_pt` is accepted for the seeds' code: the files are the same.
+        classes, from a directory or the hub. `from_pt` is accepted for transformers' code: the files are the same.
         """
         hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         config = config or cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub, **kwargs)
@@ -150,7 +158,7 @@ class FlaxSpliceModel:
         Join a pretrained encoder and a pretrained decoder, with the PyTorch class's rules (the `encoder_` /
         `decoder_` kwargs, cross-attention added with fresh weights, special tokens): the PyTorch composite is
         assembled, and its weights become this model's. `encoder_from_pt`, `decoder_from_pt` and `from_pt` are
-        accepted for the seeds' code (the checkpoints are the same files); `dtype=` sets the computation dtype.
+        accepted for transformers' code (the checkpoints are the same files); `dtype=` sets the computation dtype.
         """
         import tempfile
 
@@ -374,7 +382,7 @@ def _generate(graphdef, dtype, params, inputs, mask, key, *, settings):
 
 
 class FlaxVisionEncoderDecoderModel(FlaxSpliceModel):
-    """Image-to-text in JAX (ViT/DeiT encoder; GPT-2, BERT or RoBERTa decoder), the seeds' Flax API and checkpoints."""
+    """Image-to-text in JAX (ViT/DeiT encoder; GPT-2, BERT or RoBERTa decoder): transformers' Flax API, checkpoints."""
 
     config_class = VisionEncoderDecoderConfig
     main_input_name = "pixel_values"
@@ -382,7 +390,7 @@ class FlaxVisionEncoderDecoderModel(FlaxSpliceModel):
 
 
 class FlaxEncoderDecoderModel(FlaxSpliceModel):
-    """Text-to-text in JAX (BERT/RoBERTa encoder; GPT-2, BERT or RoBERTa decoder), the seeds' Flax API; the encoder's
+    """Text-to-text in JAX (BERT/RoBERTa encoder; GPT-2, BERT or RoBERTa decoder), transformers' Flax API; the encoder's
     `attention_mask` also masks the cross-attention."""
 
     config_class = EncoderDecoderConfig

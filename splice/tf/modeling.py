@@ -1,4 +1,4 @@
-"""The seeds' TensorFlow classes, `TFVisionEncoderDecoderModel` and `TFEncoderDecoderModel`, as Keras 3 models.
+"""transformers' TF composite classes, `TFVisionEncoderDecoderModel` and `TFEncoderDecoderModel`, as Keras 3 models.
 
 One implementation of the math: the JAX composite (`splice.flax`), lowered to TensorFlow with `jax2tf` (StableHLO in
 an `XlaCallModule` op, batch and sequence sizes symbolic). The parameters are Keras variables named by their checkpoint
@@ -104,7 +104,7 @@ class TFSpliceModel(keras.Model):
 
     @property
     def config(self) -> Any:
-        """The composite config (the JAX model's: `model.config = other` — as the seeds' examples do — re-points it)."""
+        """The composite config (the JAX model's; `model.config = other` re-points it, as in transformers)."""
         return self.flax_model.config
 
     @config.setter
@@ -155,7 +155,7 @@ class TFSpliceModel(keras.Model):
         decoder_attention_mask: Any = None, labels: Any = None, training: bool = False, **kwargs: Any,
     ) -> TFSeq2SeqLMOutput:  # fmt: skip
         r"""
-        The seeds' TF call: the encoder input (`pixel_values` `[B, C, H, W]` or `input_ids` `[B, S]` with
+        The reference classes' TF call: the encoder input (`pixel_values` `[B, C, H, W]` or `input_ids` `[B, S]` with
         `attention_mask`), `decoder_input_ids` (or `labels`, shifted right) → `logits`, and `loss` with `labels`.
         """
         if isinstance(inputs, dict):  # Keras passes a batch's dict (as `fit` and `predict` do) as the first argument
@@ -268,13 +268,13 @@ class TFSpliceModel(keras.Model):
 
 
 class TFVisionEncoderDecoderModel(TFSpliceModel):
-    """Image-to-text in TensorFlow (ViT/DeiT encoder; GPT-2, BERT or RoBERTa decoder): the seeds' TF API, pixel values
+    """Image-to-text in TensorFlow (ViT/DeiT encoder; GPT-2, BERT or RoBERTa decoder): transformers' TF API, pixels
     NCHW, checkpoints shared with the PyTorch and JAX classes."""
 
     flax_class = FlaxVisionEncoderDecoderModel
 
 
 class TFEncoderDecoderModel(TFSpliceModel):
-    """Text-to-text in TensorFlow (BERT/RoBERTa encoder; GPT-2, BERT or RoBERTa decoder): the seeds' TF API."""
+    """Text-to-text in TensorFlow (BERT/RoBERTa encoder; GPT-2, BERT or RoBERTa decoder): transformers' TF API."""
 
     flax_class = FlaxEncoderDecoderModel
