@@ -5,6 +5,7 @@ naming the PyTorch model, and serves with torch and transformers blocked."""
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_heatmaps_are_a_clear_400(captioner):
 
 
 def test_bad_options_name_the_fix(captioner):
-    with pytest.raises(ValueError, match=r"--datastore 'x'.*PyTorch model"):
+    with pytest.raises(ValueError, match=r"--datastore 'x'.*not retrieval-augmented"):
         OnnxBackend.from_directory(captioner[1], datastore="x")
     with pytest.raises(ValueError, match="CUDAExecutionProvider"):
         import onnxruntime
@@ -152,30 +153,47 @@ print(json.dumps(response.json()))
 
 
 @pytest.mark.slow
-def test_smallcap_export_serves_the_no_retrieval_prompt(tmp_path):
-    """An exported SmallCap answers as the PyTorch backend without a datastore: each image with the no-retrieval
-    prompt, left out of the caption and its tokens."""
+def test_smallcap_export_serves_retrieval_prompts(tmp_path):
+    """An exported SmallCap answers as the PyTorch backend: prompts retrieved from the datastore `splice export` copied
+    (keys from the captioner's own encoder, searched without torch), left out of the caption and its tokens; with
+    the datastore removed, both use the no-retrieval prompt."""
     import transformers as T
     from tiny import randomize
 
     import splice
     from splice.data.builtin import train_tokenizer
-    from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel
+    from splice.models.smallcap import NO_RETRIEVAL_PROMPT, SmallCapConfig, SmallCapModel, build_prompt
+    from splice.retrieval import Datastore, frozen_encoder_embedder
 
-    tokenizer = train_tokenizer(["a red circle on the left", NO_RETRIEVAL_PROMPT])
+    captions = ["a red circle on the left", "a blue square", "two green stars at the top", "a star", "a blue square"]
+    tokenizer = train_tokenizer(captions + [NO_RETRIEVAL_PROMPT, build_prompt(captions)])
     vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
                                 image_size=32, patch_size=8)  # fmt: skip
     decoder = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=len(tokenizer),
                            bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
-    model = randomize(SmallCapModel(SmallCapConfig.from_encoder_decoder_configs(vision, decoder)), seed=1)
-    model.save_pretrained(tmp_path / "smallcap")
-    splice.SpliceProcessor(T.ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(
-        tmp_path / "smallcap"
-    )
-    _, export = _pair(tmp_path / "smallcap")
-    requests = [("/v1/caption", {"files": _files(PICTURES[:3]), "data": {"max_new_tokens": "8"}}),
+    config = SmallCapConfig.from_encoder_decoder_configs(vision, decoder, retrieval_k=2)
+    model = randomize(SmallCapModel(config), seed=1).eval()
+    source = tmp_path / "smallcap"
+    model.save_pretrained(source)
+    processor = splice.SpliceProcessor(T.ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    processor.save_pretrained(source)
+    embedder = frozen_encoder_embedder(model.encoder, processor.image_processor)
+    keys = [image(seed) for seed in range(10, 10 + len(captions))]
+    Datastore.build(captions, embedder, key_kind="image", images=keys).save(source / "datastore")
+    _, export = _pair(source)
+    assert (export / "datastore" / "index.faiss").is_file()
+    requests = [("/v1/caption", {"files": _files(PICTURES[:3] + keys[:2]), "data": {"max_new_tokens": "8"}}),
                 ("/v1/caption", {"files": _files(PICTURES[3:4]), "data": {"num_beams": "2"}})]  # fmt: skip
-    torch_answers, onnx_answers = (_answers(directory, requests) for directory in (tmp_path / "smallcap", export))
+    torch_answers, onnx_answers = (_answers(directory, requests) for directory in (source, export))
     assert all(status == 200 for status, _ in onnx_answers)
     assert _without_model(onnx_answers) == _without_model(torch_answers)
     assert any(caption["tokens"] for caption in onnx_answers[0][1]["captions"])
+    backend = load_backend(export)
+    retrieved = backend.datastore.retrieve(backend.model.encode({"pixel_values": backend.image_processor(keys)}), 2)
+    assert [hits[0] for hits in retrieved] == captions  # each key image finds its own caption first
+
+    shutil.rmtree(source / "datastore")
+    shutil.rmtree(export / "datastore")
+    _backend.cache_clear()
+    torch_answers, onnx_answers = (_answers(directory, requests[:1]) for directory in (source, export))
+    assert _without_model(onnx_answers) == _without_model(torch_answers)

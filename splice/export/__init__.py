@@ -34,6 +34,7 @@ PROCESSOR_FILES = (
     "sentencepiece.bpe.model", "chat_template.jinja",
 )  # fmt: skip
 LOGITS_ATOL = 1e-4
+DATASTORE_DIR = "datastore"  # SmallCap's retrieval datastore, next to the model (as `splice train` saves it)
 
 __all__ = ["DEFAULT_OPSET", "FORMAT_VERSION", "MANIFEST", "ExportError", "export_onnx", "load_model"]
 
@@ -186,6 +187,9 @@ def export_onnx(
     }
     if layout.decoder_mask:
         manifest["decoder_prompt"] = _prompt_settings(model)
+        if source is not None and (source / DATASTORE_DIR).is_dir():  # SmallCap's datastore travels with it
+            shutil.copytree(source / DATASTORE_DIR, out / DATASTORE_DIR, dirs_exist_ok=True)
+            manifest["decoder_prompt"]["datastore"] = DATASTORE_DIR
     if quantize:
         from .quantize import quantize_int8
 

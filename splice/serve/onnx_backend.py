@@ -3,15 +3,18 @@ run by the torch-free runtime `splice_onnx` behind the same API as the PyTorch b
 
 This module and the runtime import neither torch nor transformers. Per-token heatmaps need the attention weights,
 which the exported graphs do not return: asked for, they are refused with a 400 that names the PyTorch model. An
-exported SmallCap captions with its no-retrieval prompt (as the PyTorch backend without a datastore): retrieval
-embeds images with the PyTorch encoder.
+exported SmallCap retrieves its prompts from the datastore copied into the export (or `--datastore`) when its keys
+come from the captioner's own encoder, searched here with faiss and NumPy; without one, the no-retrieval prompt.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .backend import HeatmapUnsupported, Output, Settings
 
@@ -21,6 +24,8 @@ MAX_NEW_TOKENS = 256
 _POSITION_KEYS = ("n_positions", "max_position_embeddings", "max_target_positions", "n_ctx")
 _POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "xmod",
                             "data2vec-text", "longformer", "ibert", "markuplm"}  # fmt: skip
+# `splice.retrieval`'s name for keys that are the mean of the captioner's own encoder states.
+FROZEN_ENCODER_EMBEDDER = "splice:frozen-encoder-mean"
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -79,6 +84,61 @@ class OnnxTokens:
         return self._decode([int(i) for i in ids if int(i) >= 0]).strip()
 
 
+class OnnxRetrieval:
+    r"""
+    SmallCap's datastore searched without torch, as `Datastore.retrieve_for_images` does it: the image's key is the
+    mean of the export's own encoder states (a datastore built with `frozen_encoder_embedder`), scores are inner
+    products of L2-normalised keys rounded to 1e-5, nearest first then by key, identical captions kept once.
+
+    Args:
+        directory: the datastore (`index.faiss`, `captions.jsonl`, `datastore.json`).
+    """
+
+    def __init__(self, directory: Path):
+        import faiss  # the `train` extra's faiss-cpu; no torch
+
+        meta_path = directory / "datastore.json"
+        if not meta_path.is_file():
+            raise ValueError(f"datastore={str(directory)!r}: no datastore.json there; pass a `splice datastore` output")
+        meta = json.loads(meta_path.read_text())
+        embedder = meta.get("embedder", {}).get("name_or_path")
+        if embedder != FROZEN_ENCODER_EMBEDDER:
+            raise ValueError(
+                f"datastore={str(directory)!r}: its keys come from {embedder!r}, a PyTorch model the ONNX runtime does "
+                f"not run; serve the PyTorch model, or build the datastore with the captioner's own encoder "
+                f"({FROZEN_ENCODER_EMBEDDER!r})"
+            )
+        index = faiss.read_index(str(directory / "index.faiss"))
+        self.keys = index.reconstruct_n(0, index.ntotal)  # [N, D], unit rows
+        with open(directory / "captions.jsonl", encoding="utf-8") as file:
+            self.captions = [json.loads(line)["caption"] for line in file if line.strip()]
+
+    def retrieve(self, states: np.ndarray, k: int) -> list[list[str]]:
+        """Up to `k` distinct captions per image, nearest first, from the encoder states `[B, S, E]`."""
+        queries = states.mean(1).astype(np.float32)
+        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        scores = (queries @ self.keys.T).round(5)  # [B, N]
+        keys = np.arange(len(self.captions))
+        results = []
+        for row in scores:
+            hits: list[str] = []
+            for i in np.lexsort((keys, -row)):
+                if len(hits) == k:
+                    break
+                if self.captions[i] not in hits:
+                    hits.append(self.captions[i])
+            results.append(hits)
+        return results
+
+
+def build_prompt(captions: Sequence[str], settings: dict[str, Any]) -> str:
+    """`splice.models.smallcap.build_prompt` from the export's prompt settings (template, k, no-retrieval prompt)."""
+    captions = list(captions)[: settings["k"]]
+    if not captions:
+        return settings["no_retrieval"]
+    return settings["template"].format(captions="\n\n".join(c.strip().rstrip(".") for c in captions))
+
+
 class OnnxBackend:
     r"""
     Serves a `splice export` directory with onnxruntime (no torch).
@@ -89,7 +149,7 @@ class OnnxBackend:
         device: `"cpu"` or `"cuda"` (onnxruntime's CUDA provider).
     """
 
-    def __init__(self, model: Any, name: str, device: str = "cpu"):
+    def __init__(self, model: Any, name: str, device: str = "cpu", datastore: OnnxRetrieval | None = None):
         self.model = model
         self.name = name
         self.device = device
@@ -104,19 +164,15 @@ class OnnxBackend:
         self.image_processor = model._image_processor_or_load() if self.task == "caption" else None
         limit = decoder_position_limit(model.config.get("decoder", {}))
         self.max_new_tokens = min(MAX_NEW_TOKENS, limit - 1) if limit else MAX_NEW_TOKENS
-        # SmallCap: every image gets the no-retrieval prompt (retrieval needs the PyTorch model and its datastore)
-        self.prompt: str | None = (model.manifest.get("decoder_prompt") or {}).get("no_retrieval")
+        # SmallCap: prompts from the datastore's captions (without one: the no-retrieval prompt)
+        self.prompt_settings: dict[str, Any] | None = model.manifest.get("decoder_prompt")
+        self.datastore = datastore
 
     @classmethod
     def from_directory(cls, model_dir: Path, device: str = "cpu", datastore: str | None = None) -> OnnxBackend:
         """Load the export at `model_dir` on onnxruntime's provider for `device`."""
         from splice_onnx import OnnxSeq2Seq
 
-        if datastore:
-            raise ValueError(
-                f"--datastore {datastore!r}: retrieval (SmallCap) is served by the PyTorch model only; pass the "
-                f"directory `splice export` read instead of the export {str(model_dir)!r}"
-            )
         if device not in _PROVIDERS:
             raise ValueError(f"device={device!r}: use 'cpu' or 'cuda'")
         if device == "cuda":
@@ -128,7 +184,17 @@ class OnnxBackend:
                     f"{ort.get_available_providers()}); pip install onnxruntime-gpu, or serve with --device cpu"
                 )
         model = OnnxSeq2Seq.from_pretrained(model_dir, providers=_PROVIDERS[device])
-        return cls(model, Path(model_dir).resolve().name, device)
+        prompt = model.manifest.get("decoder_prompt")
+        store = None
+        if prompt is None and datastore:
+            raise ValueError(f"--datastore {datastore!r}: the model is not retrieval-augmented (SmallCap)")
+        if prompt is not None:
+            store_dir = Path(datastore) if datastore else Path(model_dir) / prompt.get("datastore", "datastore")
+            if store_dir.is_dir():
+                store = OnnxRetrieval(store_dir)
+            elif datastore:
+                raise ValueError(f"--datastore {datastore!r}: no such directory")
+        return cls(model, Path(model_dir).resolve().name, device, store)
 
     def heatmap_problem(self, settings: Settings) -> str | None:
         if not settings.heatmap:
@@ -137,6 +203,13 @@ class OnnxBackend:
             f"heatmap=true needs the PyTorch model: {self.name} is an ONNX export (onnxruntime), whose graphs return "
             "no attention weights; serve the model directory `splice export` was run on to get heatmaps"
         )
+
+    def _prompts(self, feed: dict[str, np.ndarray]) -> list[str]:
+        batch = len(feed["pixel_values"])
+        if self.datastore is None:
+            return [self.prompt_settings["no_retrieval"]] * batch
+        retrieved = self.datastore.retrieve(self.model.encode(feed), self.prompt_settings["k"])
+        return [build_prompt(captions, self.prompt_settings) for captions in retrieved]
 
     def _kwargs(self, settings: Settings) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_beams": settings.num_beams}
@@ -153,10 +226,10 @@ class OnnxBackend:
         else:
             pad = self.tokens.pad_token_id if self.tokens.pad_token_id is not None else 0
             feed = self.model.tokenizer.encode(list(inputs), pad)
-        if self.prompt is not None:
-            feed.update(self.model.encode_prompts([self.prompt] * len(inputs)))
+        if self.prompt_settings is not None:
+            feed.update(self.model.encode_prompts(self._prompts(feed)))
         sequences = self.model.generate(feed, **self._kwargs(settings))
         # As the PyTorch backend: captions after the prompt (or the decoder start token), generations whole.
-        start = feed["decoder_input_ids"].shape[1] if self.prompt is not None else 0
+        start = feed["decoder_input_ids"].shape[1] if self.prompt_settings is not None else 0
         first = start or (1 if self.task == "caption" else 0)
         return [Output(self.tokens.text(row[start:]), self.tokens.pieces(row[first:].tolist())) for row in sequences]
