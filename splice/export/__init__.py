@@ -77,7 +77,14 @@ def load_model(model_or_dir: Any) -> torch.nn.Module:
 
 def _encoder_names(model: torch.nn.Module) -> list[str]:
     name = model.encoder.main_input_name
-    return [name, "attention_mask"] if name == "input_ids" else [name]
+    return [name, "attention_mask"] if name == "input_ids" or _audio_mask(model) else [name]
+
+
+def _audio_mask(model: torch.nn.Module) -> bool:
+    """Audio encoders that take a padding mask: Wav2Vec2-like with layer-norm feature extraction (group norm mixes
+    padded samples into every frame, so transformers' feature extractors give those no mask either)."""
+    config = model.config.encoder
+    return model.encoder.main_input_name == "input_values" and getattr(config, "feat_extract_norm", None) == "layer"
 
 
 def example_encoder_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -94,8 +101,13 @@ def example_encoder_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0
         mask = torch.ones_like(ids)
         mask[1:, 4:] = 0
         return {"input_ids": ids, "attention_mask": mask}
-    if name == "input_values":  # raw audio (Wav2Vec2-like), one second at 16 kHz, unpadded
-        return {name: torch.randn(batch, 16000, generator=gen)}
+    if name == "input_values":  # raw audio (Wav2Vec2-like), one second at 16 kHz; the later rows padded (with a mask)
+        audio = torch.randn(batch, 16000, generator=gen)
+        if not _audio_mask(model):
+            return {name: audio}
+        mask = torch.ones_like(audio, dtype=torch.long)
+        mask[1:, 12000:] = 0
+        return {name: audio * mask, "attention_mask": mask}
     raise ExportError(
         f"encoder input {name!r} ({type(model.encoder).__name__}): splice export handles image (pixel_values), "
         "audio (input_values) and text (input_ids) encoders so far; export such a composite, or open an issue for "
