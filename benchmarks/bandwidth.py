@@ -1,6 +1,6 @@
 """Batch-1 decoding against the memory-bandwidth bound, and reduced precision (bf16, int8) against fp32.
 
-Run: `python benchmarks/bandwidth.py [--size small] [--repeats 5] [--tokens 24] [--no-jax] [--output PATH]`.
+Run: `python benchmarks/bandwidth.py [--size small] [--repeats 5] [--tokens 24] [--threads N] [--no-jax] [--output P]`.
 
 At batch 1 a decoding step multiplies one position by every decoder weight, so its time is bounded below by reading
 those weights from memory. This script measures:
@@ -233,7 +233,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per timed generate (at least 2)")
     parser.add_argument("--no-jax", dest="jax", action="store_false", help="leave out the JAX arm")
     parser.add_argument("--output", default="benchmarks/bandwidth.json")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and XLA threads (default: torch's); 1 on a busy machine"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        # One thread per framework: on a machine shared with other work, OpenMP workers spin-waiting for descheduled
+        # peers distort multi-threaded timings far more than time-slicing distorts single-threaded ones.
+        torch.set_num_threads(args.threads)
+        flags = f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (a step time is a difference of two lengths)")
     result = run(args)
