@@ -218,10 +218,18 @@ class OnnxSeq2Seq:
 
     # -- one-call inference ----------------------------------------------------------------------------------------
 
-    def caption(self, images: Any, prompts: list[str] | None = None, **kwargs: Any) -> list[str]:
+    def caption(
+        self, images: Any, prompts: list[str] | None = None, retrieved_captions: list[Any] | None = None, **kwargs: Any
+    ) -> list[str]:
         """Text for PIL images (preprocessed as `preprocessor_config.json` says), decoded without special tokens.
-        `prompts`: one decoder prompt per image (SmallCap), left-padded in one batch and stripped from the text."""
+        `prompts`: one decoder prompt per image, left-padded in one batch and stripped from the text. A SmallCap
+        export builds them as `SmallCapModel.caption` does: from `retrieved_captions` (per image, its captions or
+        `None`), else the no-retrieval prompt."""
         feed = {"pixel_values": self._image_processor_or_load()(images)}
+        settings = self.manifest.get("decoder_prompt")
+        if prompts is None and settings is not None:
+            retrieved = retrieved_captions or [None] * len(feed["pixel_values"])
+            prompts = [smallcap_prompt(captions, settings) for captions in retrieved]
         if prompts is None:
             return self.tokenizer.decode(self.generate(feed, **kwargs))
         feed.update(self.encode_prompts(prompts))
@@ -262,6 +270,14 @@ class OnnxSeq2Seq:
         if self._tokenizer is None:
             self._tokenizer = TextTokenizer(self.directory)
         return self._tokenizer
+
+
+def smallcap_prompt(captions: Any, settings: dict[str, Any]) -> str:
+    """`splice.models.smallcap.build_prompt` from an export's prompt settings (`template`, `k`, `no_retrieval`)."""
+    captions = list(captions or [])[: settings["k"]]
+    if not captions:
+        return settings["no_retrieval"]
+    return settings["template"].format(captions="\n\n".join(c.strip().rstrip(".") for c in captions))
 
 
 def _past_length(past: dict[str, np.ndarray]) -> int:

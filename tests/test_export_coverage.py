@@ -187,6 +187,9 @@ def test_smallcap_captions_match_pytorch(exported):
     np.testing.assert_array_equal(runtime.encode_prompts(prompts)["decoder_input_ids"],
                                   _prompts_ids(model, prompts))  # fmt: skip
     assert runtime.caption(images, prompts=prompts, max_new_tokens=8) == expected
+    assert runtime.caption(images, retrieved_captions=retrieved, max_new_tokens=8) == expected
+    # no retrieval: the no-retrieval prompt, as SmallCapModel.caption (and `splice caption OUT_DIR`)
+    assert runtime.caption(images, max_new_tokens=8) == model.caption(images, max_new_tokens=8)
     assert runtime.manifest["decoder_prompt"]["k"] == 2
 
 

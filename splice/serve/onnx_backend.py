@@ -131,14 +131,6 @@ class OnnxRetrieval:
         return results
 
 
-def build_prompt(captions: Sequence[str], settings: dict[str, Any]) -> str:
-    """`splice.models.smallcap.build_prompt` from the export's prompt settings (template, k, no-retrieval prompt)."""
-    captions = list(captions)[: settings["k"]]
-    if not captions:
-        return settings["no_retrieval"]
-    return settings["template"].format(captions="\n\n".join(c.strip().rstrip(".") for c in captions))
-
-
 class OnnxBackend:
     r"""
     Serves a `splice export` directory with onnxruntime (no torch).
@@ -209,7 +201,9 @@ class OnnxBackend:
         if self.datastore is None:
             return [self.prompt_settings["no_retrieval"]] * batch
         retrieved = self.datastore.retrieve(self.model.encode(feed), self.prompt_settings["k"])
-        return [build_prompt(captions, self.prompt_settings) for captions in retrieved]
+        from splice_onnx.model import smallcap_prompt
+
+        return [smallcap_prompt(captions, self.prompt_settings) for captions in retrieved]
 
     def _kwargs(self, settings: Settings) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_beams": settings.num_beams}
