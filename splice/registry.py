@@ -18,6 +18,8 @@ from transformers import (
 from .configuration import EncoderDecoderConfig, SpeechEncoderDecoderConfig, SpliceConfig, VisionEncoderDecoderConfig
 from .models import (
     EncoderDecoderModel,
+    GridEncoderConfig,
+    GridEncoderModel,
     LineEncoderConfig,
     LineEncoderModel,
     SmallCapConfig,
@@ -37,7 +39,7 @@ REGISTRY = (
     (SmallCapConfig, SmallCapModel, (AutoModel, AutoModelForImageTextToText)),
 )
 # Encoders splice adds (an encoder is built with `AutoModel`, like any other).
-ENCODERS = ((LineEncoderConfig, LineEncoderModel),)
+ENCODERS = ((LineEncoderConfig, LineEncoderModel), (GridEncoderConfig, GridEncoderModel))
 MODEL_CLASSES: dict[str, type[SpliceModel]] = {config.model_type: model for config, model, _ in REGISTRY}
 
 
