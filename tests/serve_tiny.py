@@ -21,8 +21,9 @@ def word_tokenizer() -> T.PreTrainedTokenizerFast:
     return train_tokenizer([" ".join(WORDS)])
 
 
-def save_captioner(directory: Path, conditioning: str = "native", seed: int = 0) -> Path:
-    """A ViT + GPT-2 captioner (30x30 images, 3x3 patches) with weights drawn so captions vary by image."""
+def save_captioner(directory: Path, conditioning: str = "native", seed: int = 0, **config: object) -> Path:
+    """A ViT + GPT-2 captioner (30x30 images, 3x3 patches) with weights drawn so captions vary by image (other
+    conditionings: ViT + Llama; `config`: more composite settings, e.g. `prefix_length`)."""
     tokenizer = word_tokenizer()
     decoder = gpt2_config(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if conditioning != "native":
@@ -30,7 +31,7 @@ def save_captioner(directory: Path, conditioning: str = "native", seed: int = 0)
                                 num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
                                 pad_token_id=0)  # fmt: skip
     config = splice.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        vit_config(), decoder, conditioning=conditioning
+        vit_config(), decoder, conditioning=conditioning, **config
     )
     model = splice.VisionEncoderDecoderModel(config)
     randomize(model, seed=seed, std=1.5)

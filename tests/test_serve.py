@@ -178,10 +178,51 @@ def test_heatmaps_one_png_per_token_and_clear_errors(captioner, tmp_path):
     assert overlay.format == "PNG" and overlay.size[0] / overlay.size[1] == pytest.approx(64 / 40, rel=0.05)
     assert beams.status_code == 400 and "num_beams=1" in beams.json()["detail"]
 
-    prefix = load_backend(save_captioner(tmp_path / "prefix", conditioning="prefix"))
-    refused = serve(create_app(prefix), lambda client: client.post("/v1/caption", **form(picture, heatmap=True)))
-    assert refused.status_code == 400 and "conditioning='native'" in refused.json()["detail"]
-    assert "uses 'prefix'" in refused.json()["detail"]
+
+def _normalised_grids(output, side=3):
+    for grid in output.attention:
+        assert torch.tensor(grid).shape == (side, side) and max(map(max, grid)) == pytest.approx(1.0)
+        assert min(map(min, grid)) >= 0.0
+
+
+def test_prefix_heatmaps_are_attention_to_the_prefix_tokens_on_the_patch_grid(tmp_path):
+    from splice.serve.torch_backend import eager_forward
+
+    backend = load_backend(save_captioner(tmp_path / "prefix", conditioning="prefix"))
+    pictures = [image(seed) for seed in range(3)]
+    settings = Settings(max_new_tokens=5, heatmap=True)
+    batch = backend.run(pictures, settings)
+    for picture, output in zip(pictures, batch):
+        alone = backend.run([picture], settings)[0]
+        assert (output.text, output.tokens) == (alone.text, alone.tokens)
+        assert len(output.attention) == len(output.tokens)
+        assert torch.allclose(torch.tensor(output.attention), torch.tensor(alone.attention), atol=1e-5)
+        _normalised_grids(output)
+    # The first token's map is the self-attention of the start position to prefix tokens 1..9 (after CLS), by hand.
+    pixels = backend.processor(images=pictures[:1])["pixel_values"]
+    start = torch.tensor([[backend.model.config.decoder_start_token_id]])
+    out = eager_forward(backend.model, {"pixel_values": pixels, "decoder_input_ids": start})
+    by_hand = torch.stack(out.decoder_attentions).mean((0, 2))[0, -1, 1:10]  # [B, P+T, P+T]: the start token's row
+    assert torch.allclose(torch.tensor(batch[0].attention[0]).flatten(), by_hand / by_hand.max(), atol=1e-5)
+    # The same first token over another image: another map (the map follows the image, not only the token).
+    other = backend.run([image(7)], settings)[0]
+    assert not torch.allclose(torch.tensor(other.attention[0]), torch.tensor(batch[0].attention[0]), atol=1e-3)
+
+
+def test_pooled_prefix_heatmaps_spread_over_the_bins_and_a_resampler_is_a_clear_400(tmp_path):
+    pooled = load_backend(save_captioner(tmp_path / "pool", conditioning="prefix", prefix_length=4))
+    settings = Settings(max_new_tokens=4, heatmap=True)
+    output = pooled.run([image(1)], settings)[0]
+    assert len(output.attention) == len(output.tokens) > 0
+    _normalised_grids(output)
+    resampler = load_backend(
+        save_captioner(tmp_path / "res", conditioning="prefix", prefix_length=4, prefix_reducer="resampler")
+    )
+    refused = serve(create_app(resampler), lambda client: client.post("/v1/caption", **form(image(1), heatmap=True)))
+    detail = refused.json()["detail"]
+    assert refused.status_code == 400 and "prefix_reducer='resampler'" in detail and "prefix_length=4" in detail
+    assert "not a spatial map" in detail and "prefix_length=None" in detail
+    assert serve(create_app(resampler), lambda client: client.get("/health")).json()["heatmaps"] is False
 
 
 def test_injected_heatmaps_are_the_blocks_attention_and_batch_like_single(tmp_path):

@@ -1,5 +1,6 @@
 """The PyTorch backend of `splice serve`: any splice composite saved with its processor (vision) or tokenizer (text),
-SmallCap with its retrieval datastore, and per-token cross-attention maps for native cross-attention.
+SmallCap with its retrieval datastore, and per-token attention maps for each conditioning: the decoder's own
+cross-attention (native), splice's injected blocks, or the decoder's self-attention to the prefix tokens (prefix).
 """
 
 from __future__ import annotations
@@ -106,8 +107,23 @@ class TorchBackend:
 
     @property
     def _mapped(self) -> bool:
-        """Modes whose per-token cross-attention this backend reads: the decoder's own, or splice's injected blocks."""
-        return self._mode in ("native", "injected")
+        """Modes whose per-token attention this backend maps: the decoder's own cross-attention, splice's injected
+        blocks, or the decoder's self-attention to the prefix tokens."""
+        return self._mode in ("native", "injected", "prefix")
+
+    def _prefix_problem(self) -> str | None:
+        """Why attention to this model's prefix tokens is not a map of the image (a resampler's learned queries)."""
+        if self._mode != "prefix" or getattr(self.model.config, "prefix_length", None) is None:
+            return None
+        config = self.model.config
+        if config.prefix_reducer == "pool":
+            return None  # each pooled token averages a run of states: its attention spreads back over them
+        return (
+            f"heatmap=true with conditioning='prefix' maps attention to the prefix tokens onto the patches they come "
+            f"from; this model reduces the encoder states to prefix_length={config.prefix_length} tokens with "
+            f"prefix_reducer={config.prefix_reducer!r} (learned queries over the whole image), so its attention is not "
+            "a spatial map: heatmaps need prefix_length=None (one prefix token per patch) or prefix_reducer='pool'"
+        )
 
     def _find_grid(self) -> tuple[int, int] | None:
         from PIL import Image
@@ -124,9 +140,11 @@ class TorchBackend:
             return "heatmap=true needs an image model; this model generates from text"
         if not self._mapped:
             return (
-                f"heatmap=true needs conditioning='native' (the decoder's own cross-attention) or 'injected'; this "
-                f"model uses {self._mode!r}, which has no per-token attention map in this server yet"
+                f"heatmap=true needs conditioning='native' (the decoder's own cross-attention), 'injected' or "
+                f"'prefix'; this model uses {self._mode!r}, which has no per-token attention map in this server yet"
             )
+        if self._prefix_problem():
+            return self._prefix_problem()
         if self._grid is None:
             return "heatmap=true needs an encoder whose states are a square patch grid (ViT-like); this one is not"
         if settings.num_beams != 1:
@@ -190,14 +208,10 @@ class TorchBackend:
         inputs = {"pixel_values": pixels, "decoder_input_ids": sequences, "decoder_attention_mask": mask, **extra}
         if self._mode == "injected":
             attention = injected_attention(self.model, inputs)
+        elif self._mode == "prefix":
+            attention = prefix_attention(self.model, inputs)
         else:
-            decoder = self.model.decoder
-            before = decoder.config._attn_implementation
-            decoder.set_attn_implementation("eager")  # only eager attention returns its weights
-            try:
-                out = self.model(**inputs, output_attentions=True)
-            finally:
-                decoder.set_attn_implementation(before)
+            out = eager_forward(self.model, inputs)
             attention = torch.stack([layer.float() for layer in out.cross_attentions]).mean((0, 2))  # [B, T, S]
         special = set(self.tokenizer.all_special_ids)
         maps = []
@@ -210,6 +224,36 @@ class TorchBackend:
                 grids.append((grid / grid.max().clamp(min=1e-12)).tolist())
             maps.append(grids)
         return maps
+
+
+def eager_forward(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
+    """`model(**inputs)` returning the decoder's attention weights (not the encoder's), its attention in eager form
+    for the call (only eager attention returns its weights)."""
+    decoder = model.decoder
+    before = decoder.config._attn_implementation
+    decoder.set_attn_implementation("eager")
+    try:
+        return model(**inputs, decoder_output_attentions=True)
+    finally:
+        decoder.set_attn_implementation(before)
+
+
+def prefix_attention(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Prefix conditioning: the decoder's self-attention from each text position to the prefix tokens, averaged over
+    heads and layers, as attention to the encoder states: `[B, T, S]`. Unreduced, prefix token i is encoder state i
+    (no padding: image encoders); pooled (`prefix_reducer='pool'`), a token's attention spreads evenly over the states
+    its bin averages."""
+    from ..conditioning.prefix import PROJECTOR, pooling_weights
+
+    out = eager_forward(model, inputs)
+    full = torch.stack([layer.float() for layer in out.decoder_attentions]).mean((0, 2))  # [B, P+T, P+T]
+    num_states = out.encoder_last_hidden_state.shape[1]
+    prefix_length = getattr(model, PROJECTOR).output_length(num_states)
+    attention = full[:, prefix_length:, :prefix_length]  # [B, T, P]: text positions to prefix tokens
+    if prefix_length != num_states:  # pooled: bin i averages its run of states
+        bins = pooling_weights(attention.new_ones(attention.shape[0], num_states), prefix_length)  # [B, P, S]
+        attention = attention @ bins  # each row of `bins` sums to 1: a bin's share splits evenly over its states
+    return attention
 
 
 def injected_attention(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
