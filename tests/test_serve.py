@@ -115,6 +115,37 @@ def test_concurrent_requests_batch_and_each_gets_its_single_request_output(capti
     assert len({r.json()["caption"] for r in responses}) > 3  # the captions differ: the equality is not vacuous
 
 
+def test_beams_best_first_with_scores_and_each_batched_request_gets_its_own(captioner):
+    # Beam requests with and without return_beams, sent at once, batch by settings; each answer equals the lone run.
+    cases = [(image(seed), Settings(num_beams=2 + seed % 2, max_new_tokens=6, return_beams=seed % 3 > 0))
+             for seed in range(9)]  # fmt: skip
+    app = create_app(captioner, max_batch_size=8, max_wait_ms=300)
+
+    async def exchange(client):
+        requests = [client.post("/v1/caption", **form(p, num_beams=s.num_beams, max_new_tokens=6,
+                                                      return_beams=s.return_beams)) for p, s in cases]  # fmt: skip
+        responses = await asyncio.gather(*requests)
+        refused = await client.post("/v1/caption", **form(image(0), return_beams=True))
+        return responses, refused, (await client.get("/metrics")).text
+
+    responses, refused, metrics = serve(app, exchange)
+    for (picture, settings), response in zip(cases, responses):
+        body, alone = response.json(), expected(captioner, picture, settings)
+        plain = expected(captioner, picture, Settings(num_beams=settings.num_beams, max_new_tokens=6))
+        assert (body["caption"], body["tokens"]) == (alone.text, alone.tokens) == (plain.text, plain.tokens)
+        if not settings.return_beams:
+            assert "beams" not in body
+            continue
+        assert [beam["caption"] for beam in body["beams"]] == [text for text, _ in alone.beams]
+        assert [beam["score"] for beam in body["beams"]] == pytest.approx([s for _, s in alone.beams], abs=2e-4)
+        assert len(body["beams"]) == settings.num_beams and body["beams"][0]["caption"] == body["caption"]
+        scores = [beam["score"] for beam in body["beams"]]
+        assert scores == sorted(scores, reverse=True) and all(score <= 0 for score in scores)
+    assert batch_sizes(metrics)[0] < len(cases)  # batched
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "return_beams"]
+    assert "num_beams > 1" in refused.json()["detail"][0]["msg"]
+
+
 def test_text_composite_generates_batched_with_different_lengths(text_model):
     texts = ["a", "a red circle on the left", "two big blue squares at the top right of a green star", "green"]
     settings = Settings(max_new_tokens=7)
@@ -167,7 +198,7 @@ def test_heatmaps_one_png_per_token_and_clear_errors(captioner, tmp_path):
 
     async def exchange(client):
         maps = await client.post("/v1/caption", **form(picture, heatmap=True, max_new_tokens=6))
-        beams = await client.post("/v1/caption", **form(picture, heatmap=True, num_beams=2))
+        beams = await client.post("/v1/caption", **form(picture, heatmap=True, num_beams=2, return_beams=True))
         return maps, beams
 
     maps, beams = serve(create_app(captioner), exchange)
@@ -176,7 +207,35 @@ def test_heatmaps_one_png_per_token_and_clear_errors(captioner, tmp_path):
     assert len(body["heatmaps"]) == len(body["tokens"]) > 0
     overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmaps"][0].split(",", 1)[1])))
     assert overlay.format == "PNG" and overlay.size[0] / overlay.size[1] == pytest.approx(64 / 40, rel=0.05)
-    assert beams.status_code == 400 and "num_beams=1" in beams.json()["detail"]
+    assert beams.status_code == 200 and len(beams.json()["heatmaps"]) == len(beams.json()["tokens"])
+    assert beams.json()["caption"] == beams.json()["beams"][0]["caption"]
+
+
+def test_beam_heatmaps_are_the_best_beams_own_cross_attention_step_by_step(captioner):
+    # generate(output_attentions=True) gives each step's cross-attention for every beam; beam_indices say which beam
+    # each kept token came from. The served maps (one teacher-forced forward over the best beam) must be those.
+    model, settings = captioner.model, Settings(num_beams=3, max_new_tokens=6, heatmap=True)
+    for seed in range(40):  # an image whose best beam switches beams on the way (else the check is only greedy's)
+        pixels = captioner.processor(images=[image(seed)])["pixel_values"]
+        model.decoder.set_attn_implementation("eager")
+        try:
+            generated = model.generate(pixels, num_beams=3, max_new_tokens=6, output_attentions=True,
+                                       return_dict_in_generate=True)  # fmt: skip
+        finally:
+            model.decoder.set_attn_implementation("sdpa")
+        steps = int((generated.beam_indices[0] >= 0).sum())
+        if generated.beam_indices[0, :steps].any() and steps > 2:
+            break
+    else:
+        raise AssertionError("no image among 40 whose best beam changes beams")
+    output = captioner.run([image(seed)], settings)[0]
+    ids = generated.sequences[0, 1:].tolist()
+    kept = [step for step in range(steps) if ids[step] not in captioner.tokenizer.all_special_ids]
+    assert len(output.attention) == len(kept) > 0
+    for grid, step in zip(output.attention, kept):
+        beam = generated.beam_indices[0, step]
+        weights = torch.stack([layer[beam, :, -1, 1:10] for layer in generated.cross_attentions[step]]).mean((0, 1))
+        assert torch.allclose(torch.tensor(grid).flatten(), weights / weights.max(), atol=1e-5)
 
 
 def _normalised_grids(output, side=3):
@@ -284,7 +343,9 @@ def test_caption_cli_writes_one_heatmap_per_token(tmp_path, capsys):
         written = sorted((tmp_path / "maps" / f"photo{seed}").glob("*.png"))
         assert len(written) == len(tokens) and line["caption"] == "".join(tokens).strip()
         assert all(Image.open(path).format == "PNG" for path in written)
-    with pytest.raises(ConfigError, match="--heatmaps .*num_beams=1"):
-        main(
-            ["caption", str(model_dir), str(tmp_path / "images"), "--heatmaps", str(tmp_path / "m"), "--num-beams", "2"]
-        )
+    main(["caption", str(model_dir), str(tmp_path / "images"), "--heatmaps", str(tmp_path / "beams"),
+          "--num-beams", "2", "--max-new-tokens", "4"])  # fmt: skip
+    assert sorted((tmp_path / "beams").glob("*/*.png"))  # the best beam's maps
+    with pytest.raises(ConfigError, match="--heatmaps .*not with --ray"):
+        main(["caption", str(model_dir), str(tmp_path / "images"), "--heatmaps", str(tmp_path / "m"), "--ray",
+              "--output", str(tmp_path / "captions.jsonl")])  # fmt: skip

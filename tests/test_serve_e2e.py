@@ -1,6 +1,6 @@
 """`splice serve` as a real uvicorn process on 127.0.0.1 (slow): SIGTERM drains the requests in flight, the page works
-in headless Chromium (upload, caption, hover a word, the heatmap shows), and the API survives schemathesis fuzzing
-from its own OpenAPI schema (no 5xx)."""
+in headless Chromium (upload with 3 beams, caption, the beams listed, hover a word, the heatmap shows), and the API
+survives schemathesis fuzzing from its own OpenAPI schema (no 5xx)."""
 
 import contextlib
 import os
@@ -83,7 +83,7 @@ def test_sigterm_drains_requests_in_flight_then_exits(captioner_dir):
         httpx.get(f"{url}/health", timeout=2)
 
 
-def test_the_page_captions_an_upload_and_shows_a_words_heatmap_on_hover(captioner_dir, tmp_path):
+def test_the_page_captions_an_upload_lists_its_beams_and_shows_a_words_heatmap_on_hover(captioner_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
     upload = tmp_path / "upload.png"
@@ -91,8 +91,10 @@ def test_the_page_captions_an_upload_and_shows_a_words_heatmap_on_hover(captione
     with running(captioner_dir) as (_, url), sync_playwright() as playwright:
         for seed in range(50):  # an image whose caption has a few words (a random model may stop at once)
             image(seed, (180, 240)).save(upload)
-            expected = httpx.post(f"{url}/v1/caption", files={"image": upload.read_bytes()}, timeout=60).json()
-            if 3 <= len(expected["tokens"]) <= 12:
+            fields = {"num_beams": "3", "return_beams": "true"}
+            answer = httpx.post(f"{url}/v1/caption", files={"image": upload.read_bytes()}, data=fields, timeout=60)
+            expected = answer.json()
+            if 3 <= len(expected["tokens"]) <= 12 and all(beam["caption"] for beam in expected["beams"]):
                 break
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -101,10 +103,16 @@ def test_the_page_captions_an_upload_and_shows_a_words_heatmap_on_hover(captione
             page = browser.new_page(viewport={"width": 900, "height": 640})
             page.goto(url)
             page.wait_for_function("document.getElementById('model').textContent.includes('on cpu')")
+            page.fill("#beams-input", "3")
             page.set_input_files("#file", str(upload))
             page.wait_for_selector("#caption .token", timeout=60_000)
             caption = page.get_attribute("#caption", "data-text")
             assert caption == expected["caption"] and page.inner_text("#caption").strip() == caption
+            beams = page.locator("#beams li")
+            assert [beams.nth(i).get_attribute("data-caption") for i in range(beams.count())] == [
+                beam["caption"] for beam in expected["beams"]
+            ]  # under the caption, best first, with their scores
+            assert f"({expected['beams'][1]['score']:.3f})" in beams.nth(1).inner_text()
             assert not page.is_visible("#overlay")
             words = page.locator("#caption .token")
             words.nth(1).hover()

@@ -91,6 +91,16 @@ def test_captions_equal_pytorch(captioner):
     assert any(caption["caption"] for caption in onnx_answers[0][1]["captions"])  # not all empty
 
 
+def test_beams_equal_pytorch_without_scores(captioner):
+    requests = [("/v1/caption", {"files": _files(PICTURES[1:3]), "data": {"num_beams": "3", "max_new_tokens": "6",
+                                                                          "return_beams": "true"}})]  # fmt: skip
+    (_, torch_body), (status, onnx_body) = (_answers(directory, requests)[0] for directory in captioner)
+    assert status == 200
+    for ours, theirs in zip(onnx_body["captions"], torch_body["captions"]):
+        assert ours["beams"] == [{"caption": beam["caption"]} for beam in theirs["beams"]]  # the runtime gives no score
+        assert len(ours["beams"]) == 3 and ours["beams"][0]["caption"] == ours["caption"] == theirs["caption"]
+
+
 def test_text_generation_equals_pytorch(text_model):
     requests = [
         ("/v1/generate", {"json": {"text": TEXTS}}),

@@ -24,7 +24,7 @@ from .batching import Batcher, QueueFull
 from .heatmaps import heatmap_urls
 from .images import MAX_PIXELS, BadImage, decode_image
 from .metrics import CONTENT_TYPE, ServeMetrics
-from .requests import CAPTION_BODY, Caption, Captions, Generated, GenerateRequest, RequestError, read_caption
+from .requests import CAPTION_BODY, Beam, Caption, Captions, Generated, GenerateRequest, RequestError, read_caption
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -142,12 +142,20 @@ def create_app(
         decode = lambda: [decode_image(data, name, max_pixels) for data, name in zip(blobs, names)]  # noqa: E731
         # Small uploads decode at once; large ones in a thread, so the event loop keeps serving meanwhile.
         images = decode() if sum(map(len, blobs)) <= INLINE_DECODE_BYTES else await run_in_threadpool(decode)
-        settings = Settings(options.num_beams, options.max_new_tokens, options.heatmap)
+        if options.return_beams and options.num_beams == 1:
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("body", "return_beams"), "input": True,
+                  "msg": "return_beams=true needs num_beams > 1 (got num_beams=1): ask for 2 to 8 beams, or drop it"}]
+            )  # fmt: skip
+        settings = Settings(options.num_beams, options.max_new_tokens, options.heatmap, options.return_beams)
         outputs = await generate(images, settings, names)
         results = []
         for image, output in zip(images, outputs):
             maps = await run_in_threadpool(heatmap_urls, image, output.attention) if settings.heatmap else None
-            results.append(Caption(caption=output.text, tokens=output.tokens, model=backend.name, heatmaps=maps))
+            beams = [Beam(caption=text, score=score) for text, score in output.beams] if output.beams else None
+            results.append(
+                Caption(caption=output.text, tokens=output.tokens, model=backend.name, heatmaps=maps, beams=beams)
+            )
         return Captions(captions=results, model=backend.name) if several else results[0]
 
     @app.post("/v1/generate", response_model=Generated, responses=ERRORS, summary="Generate from source texts")

@@ -22,16 +22,20 @@ class Settings:
     num_beams: int = 1
     max_new_tokens: int | None = None
     heatmap: bool = False
+    return_beams: bool = False  # with num_beams > 1: every beam, best first, in `Output.beams`
 
 
 @dataclass
 class Output:
     """One input's result: the text, its generated tokens (decoded one by one, special tokens left out) and, with
-    `Settings.heatmap`, one attention grid `[rows, cols]` per token (a nested list of floats in [0, 1])."""
+    `Settings.heatmap`, one attention grid `[rows, cols]` per token (a nested list of floats in [0, 1]); with
+    `Settings.return_beams`, the `num_beams` beams, best first (the first is `text`), as `(text, score)`: the score is
+    the beam's length-penalised log-probability, or `None` where the runtime gives none."""
 
     text: str
     tokens: list[str]
     attention: list[Any] | None = field(default=None, repr=False)
+    beams: list[tuple[str, float | None]] | None = None
 
 
 class HeatmapUnsupported(ValueError):

@@ -222,8 +222,16 @@ class OnnxBackend:
             feed = self.model.tokenizer.encode(list(inputs), pad)
         if self.prompt_settings is not None:
             feed.update(self.model.encode_prompts(self._prompts(feed)))
-        sequences = self.model.generate(feed, **self._kwargs(settings))
+        count = settings.num_beams if settings.return_beams else 1
+        kwargs = self._kwargs(settings) | ({"num_return_sequences": count} if count > 1 else {})
+        generated = self.model.generate(feed, **kwargs)
+        sequences = generated[::count]  # the best beam of each input (the beams come best first)
         # As the PyTorch backend: captions after the prompt (or the decoder start token), generations whole.
         start = feed["decoder_input_ids"].shape[1] if self.prompt_settings is not None else 0
         first = start or (1 if self.task == "caption" else 0)
-        return [Output(self.tokens.text(row[start:]), self.tokens.pieces(row[first:].tolist())) for row in sequences]
+        outputs = [Output(self.tokens.text(row[start:]), self.tokens.pieces(row[first:].tolist())) for row in sequences]
+        if count > 1:  # the runtime returns no beam scores
+            texts = [self.tokens.text(row[start:]) for row in generated]
+            for index, output in enumerate(outputs):
+                output.beams = [(text, None) for text in texts[index * count : (index + 1) * count]]
+        return outputs

@@ -27,7 +27,12 @@ class Options(BaseModel):
 
 
 class CaptionOptions(Options):
-    heatmap: bool = Field(False, description="per-token cross-attention maps, as PNG data URLs, in `heatmaps`")
+    heatmap: bool = Field(
+        False, description="per-token attention maps (of the best beam), as PNG data URLs, in `heatmaps`"
+    )
+    return_beams: bool = Field(
+        False, description="with num_beams > 1: every beam, best first, with its score, in `beams`"
+    )
 
 
 Items = Annotated[list[str], Field(min_length=1, max_length=MAX_ITEMS)]
@@ -43,11 +48,21 @@ class GenerateRequest(Options):
     text: str | Items = Field(..., description=f"a source text (or a list of 1 to {MAX_ITEMS})")
 
 
+class Beam(BaseModel):
+    caption: str
+    score: float | None = Field(
+        None, description="the beam's length-penalised log-probability (left out for an ONNX export: none given)"
+    )
+
+
 class Caption(BaseModel):
     caption: str
     tokens: list[str] = Field(description="the generated tokens; joined and stripped they are the caption")
     model: str
     heatmaps: list[str] | None = Field(None, description="with heatmap=true: one PNG data URL per token")
+    beams: list[Beam] | None = Field(
+        None, description="with return_beams=true: the num_beams beams, best first (the first is `caption`)"
+    )
 
 
 class Captions(BaseModel):

@@ -147,8 +147,6 @@ class TorchBackend:
             return self._prefix_problem()
         if self._grid is None:
             return "heatmap=true needs an encoder whose states are a square patch grid (ViT-like); this one is not"
-        if settings.num_beams != 1:
-            return f"heatmap=true needs num_beams=1 (greedy decoding), got num_beams={settings.num_beams}"
         return None
 
     def _kwargs(self, settings: Settings) -> dict[str, Any]:
@@ -177,11 +175,25 @@ class TorchBackend:
                 config.pad_token_id,
             )  # fmt: skip
             prompt = {"decoder_input_ids": ids.to(self.device), "decoder_attention_mask": mask.to(self.device)}
-        sequences = self.model.generate(pixels, **prompt, **self._kwargs(settings))
+        kwargs = self._kwargs(settings)
+        count = settings.num_beams if settings.return_beams else 1
+        if count > 1:  # every beam, best first, with its score (the best beam is the one returned alone)
+            kwargs.update(num_return_sequences=count, output_scores=True, return_dict_in_generate=True)
+        generated = self.model.generate(pixels, **prompt, **kwargs)
         start = prompt["decoder_input_ids"].shape[1] if prompt else 0
+        beams = None
+        if count > 1:
+            texts = decode_predictions(self.tokenizer, generated.sequences[:, start:])
+            scores = [round(float(score), 4) for score in generated.sequences_scores]
+            beams = [list(zip(texts[i : i + count], scores[i : i + count])) for i in range(0, len(texts), count)]
+            sequences = generated.sequences[::count]  # the best beams (padded to the longest beam: pad is skipped)
+        else:
+            sequences = generated
         texts = decode_predictions(self.tokenizer, sequences[:, start:])
         first = start or 1  # the first generated position (after the prompt, or after the decoder start token)
         outputs = [Output(t, token_pieces(self.tokenizer, row.tolist())) for t, row in zip(texts, sequences[:, first:])]
+        for output, row_beams in zip(outputs, beams or []):
+            output.beams = row_beams
         if settings.heatmap:
             for output, maps in zip(outputs, self._attention(pixels, sequences, prompt, first)):
                 output.attention = maps
@@ -197,7 +209,9 @@ class TorchBackend:
         self, pixels: torch.Tensor, sequences: torch.Tensor, prompt: dict[str, torch.Tensor], first: int
     ) -> list[list[Any]]:
         """Per row, per kept generated token: cross-attention of the step that produced it, averaged over heads and
-        layers, on the patch grid, scaled to [0, 1]."""
+        layers, on the patch grid, scaled to [0, 1]. One teacher-forced forward over the generated rows: attention is
+        causal, so position t's weights are those of the decoding step that produced token t + 1, for greedy rows and
+        for the best beam alike (a beam's weights at each step are those of its own prefix of tokens)."""
         skip, side = self._grid
         mask = torch.ones_like(sequences)
         if prompt:

@@ -1,5 +1,5 @@
-// The page of `splice serve`: send an image to /v1/caption, show the caption word by word, and on hover show that
-// word's cross-attention heatmap over the image.
+// The page of `splice serve`: send an image to /v1/caption, show the caption word by word (and, with several beams,
+// every beam with its score under it), and on hover show that word's attention heatmap over the image.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -41,10 +41,29 @@ function showCaption(result) {
   if (!result.tokens.length) caption.textContent = "(the model generated no words for this image)";
 }
 
+function showBeams(result, beams) {
+  const list = $("beams");
+  list.replaceChildren();
+  if (beams <= 1) return;
+  const title = document.createElement("p");
+  title.textContent = `beam search, ${beams} beams, best first (score: length-penalised log-probability)`;
+  list.appendChild(title);
+  const items = document.createElement("ol");
+  (result.beams || []).forEach((beam, i) => {
+    const item = document.createElement("li");
+    item.className = "beam" + (i === 0 ? " best" : "");
+    const score = typeof beam.score === "number" ? beam.score.toFixed(3) : "no score";
+    item.textContent = `${beam.caption || "(no words)"}  (${score})`;
+    item.dataset.caption = beam.caption;
+    items.appendChild(item);
+  });
+  list.appendChild(items);
+}
+
 async function caption(file) {
   $("error").textContent = "";
   $("caption").textContent = "…";
-  $("beams").textContent = "";
+  $("beams").replaceChildren();
   $("image").src = URL.createObjectURL(file);
   $("stage").hidden = false;
   $("overlay").classList.remove("shown");
@@ -52,7 +71,8 @@ async function caption(file) {
   const form = new FormData();
   form.append("image", file);
   form.append("num_beams", String(beams));
-  form.append("heatmap", String(heatmapsAvailable && $("heatmap-input").checked && beams === 1));
+  form.append("heatmap", String(heatmapsAvailable && $("heatmap-input").checked));
+  if (beams > 1) form.append("return_beams", "true");
   const response = await fetch("/v1/caption", { method: "POST", body: form });
   const body = await response.json();
   if (!response.ok) {
@@ -61,7 +81,7 @@ async function caption(file) {
     return;
   }
   showCaption(body);
-  if (beams > 1) $("beams").textContent = `beam search, ${beams} beams (heatmaps with 1 beam only)`;
+  showBeams(body, beams);
 }
 
 $("file").addEventListener("change", (event) => {
