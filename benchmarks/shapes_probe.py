@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
+from splice.cli.demo import GRID_ENCODER
 from splice.data.builtin import DOMAINS, PLACES, make_dataset
 
 VIT = {
@@ -39,6 +40,7 @@ ROWS = {
     "vit-p4": {"encoder": VIT | {"patch_size": 4}},  # a shape spans 3-4 patches a side instead of ~2
     "vit-p8-6-layers": {"encoder": VIT | {"num_hidden_layers": 6}},
     "resnet": {"encoder": RESNET},  # convolutions (locality prior), tokens from the 8x8 feature map
+    "grid": {"encoder": GRID_ENCODER},  # plain 3x3 convolutions, 8x8 tokens with learned 2D positions
 }
 
 

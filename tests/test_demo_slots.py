@@ -89,7 +89,8 @@ def test_full_shapes_demo_names_the_shapes(tmp_path, capsys):
     from splice.cli.demo import run_demo
 
     metrics = run_demo("shapes", str(tmp_path))
-    # Measured 0.659 / 0.99 / 0.63 (benchmarks/README.md, shapes demo); the ViT encoder it replaced: 0.30 / 0.38 / 0.04.
-    # Issue 24's target for whole captions is 0.95: pairs named the wrong way round still miss it.
-    assert metrics["slot_shape"] >= 0.55 and metrics["slot_where"] >= 0.9 and metrics["slot_sample"] >= 0.5, metrics
+    # Measured 0.882 / 0.99 / 0.885 with the grid encoder (benchmarks/README.md, shapes demo); the ResNet before it:
+    # 0.659 / 0.99 / 0.63; the first demo's ViT: 0.30 / 0.38 / 0.04. Issue 24's target for whole captions is 0.95:
+    # about one pair in five is still named the wrong way round.
+    assert metrics["slot_shape"] >= 0.8 and metrics["slot_where"] >= 0.95 and metrics["slot_sample"] >= 0.8, metrics
     assert "slot accuracy" in capsys.readouterr().out
