@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heatmaps",
         metavar="DIR",
-        help="also write each generated token's cross-attention over its image as DIR/<image>/<NN>-<token>.png "
-        "(native or injected cross-attention, --num-beams 1)",
+        help="also write each generated token's attention over its image as DIR/<image>/<NN>-<token>.png "
+        "(native, injected or prefix conditioning; with beams, the best beam's)",
     )
     parser.add_argument(
         "--ray",
