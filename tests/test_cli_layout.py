@@ -59,7 +59,8 @@ def test_help_builds_no_command_and_python_m_works():
     code = "import sys; from splice.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
     code += "print(sorted(m for m in sys.modules if m.startswith(('splice.training.', 'splice.retrieval'))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip().splitlines()[-1] == "['splice.training.config']"
+    # The overview builds no command: nothing of training or retrieval beyond the flag definitions' config module.
+    assert set(ast.literal_eval(loaded.strip().splitlines()[-1])) <= {"splice.training.config"}
     listed = subprocess.run([sys.executable, "-m", "splice.cli", "--help"], capture_output=True, text=True, check=True)
     assert "datastore" in listed.stdout
 
