@@ -151,4 +151,3 @@ class LineEncoderModel(PreTrainedModel):
         if return_dict is False:
             return (states,)
         return BaseModelOutput(last_hidden_state=states)
-
