@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from .conv_tokens import conv_stage, init_conv_token_weights, token_layers
 from .line_encoder import sinusoid
 
 
@@ -90,11 +91,7 @@ class GridEncoderModel(PreTrainedModel):
         layers: list[nn.Module] = []
         width_in = config.num_channels
         for stage, width in enumerate(config.channels):
-            layers += [
-                nn.Conv2d(width_in, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers += conv_stage(width_in, width)
             if stage < config.downsample:
                 layers.append(nn.MaxPool2d(2))
             width_in = width
@@ -102,31 +99,12 @@ class GridEncoderModel(PreTrainedModel):
         self.projection = nn.Linear(width_in, config.hidden_size)
         rows, columns = config.grid_size
         self.position_embeddings = nn.Parameter(torch.zeros(1, rows * columns, config.hidden_size))
-        layer = nn.TransformerEncoderLayer(
-            config.hidden_size,
-            config.num_attention_heads,
-            config.intermediate_size,
-            config.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.layers = nn.TransformerEncoder(layer, config.num_hidden_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(config.hidden_size)
+        self.layers, self.norm = token_layers(config)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, self.config.initializer_range)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, GridEncoderModel):
+        if not init_conv_token_weights(module, self.config.initializer_range) and isinstance(module, GridEncoderModel):
             # Learned, but started as a 2D sinusoid table, so each cell's row and column are readable by the decoder's
             # cross-attention from the first step instead of emerging from random vectors.
             rows, columns = self.config.grid_size

@@ -19,6 +19,8 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from .conv_tokens import conv_stage, init_conv_token_weights, token_layers
+
 
 @strict
 class LineEncoderConfig(PreTrainedConfig):
@@ -91,40 +93,19 @@ class LineEncoderModel(PreTrainedModel):
         width_in = config.num_channels
         for stage, width in enumerate(config.channels):
             layers += [
-                nn.Conv2d(width_in, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
+                *conv_stage(width_in, width),
                 nn.MaxPool2d((2, 2) if stage < config.width_downsample else (2, 1)),
             ]
             width_in = width
         self.convolutions = nn.Sequential(*layers)
         self.projection = nn.Linear(width_in, config.hidden_size)
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_tokens, config.hidden_size))
-        layer = nn.TransformerEncoderLayer(
-            config.hidden_size,
-            config.num_attention_heads,
-            config.intermediate_size,
-            config.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.layers = nn.TransformerEncoder(layer, config.num_hidden_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(config.hidden_size)
+        self.layers, self.norm = token_layers(config)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, self.config.initializer_range)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, LineEncoderModel):
+        if not init_conv_token_weights(module, self.config.initializer_range) and isinstance(module, LineEncoderModel):
             # Learned, but started as a sinusoid table (Vaswani et al., 2017), so each column's place is readable by
             # the decoder's cross-attention from the first step instead of emerging from random vectors.
             module.position_embeddings.copy_(
