@@ -3,11 +3,11 @@ answers as the single-process app (captions, several images, errors, /health), a
 replicas get their single-request answers; `splice serve --replicas` as a real process answers too."""
 
 import asyncio
-import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -94,18 +94,20 @@ def test_the_command_serves_replicas(model_dir):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RAY_ADDRESS="")
     command = [sys.executable, "-m", "splice.cli", "serve", str(model_dir), "--replicas", "1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []  # read as they come: the ready line is printed once `serve.run` returns
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the replicas did not start in 180 s"
+        while not any("(Ray Serve)" in line for line in lines):
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "the replicas did not start in 180 s:\n" + "".join(lines)
             time.sleep(0.5)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/caption", files={"image": png(image(1))}, timeout=120)
         assert answer.status_code == 200 and answer.json()["model"] == model_dir.name
     finally:
         process.terminate()
-        log = process.communicate(timeout=120)[0]
-    assert "1 replica(s)" in log and "(Ray Serve)" in log, log
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+    assert any("1 replica(s)" in line for line in lines), "".join(lines)
