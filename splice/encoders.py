@@ -62,6 +62,11 @@ def enc_to_dec_projection(encoder_config: PreTrainedConfig, decoder_config: PreT
     return (enc_width, dec_width) if cross_width is None and enc_width != dec_width else None
 
 
+def num_token_states(hidden: torch.Tensor) -> int:
+    """How many token states S `as_token_states(hidden)` gives, read from the shape alone (no copy of a feature map)."""
+    return hidden.shape[2] * hidden.shape[3] if hidden.dim() == 4 else hidden.shape[1]
+
+
 def as_token_states(hidden: torch.Tensor) -> torch.Tensor:
     """Token states `[B, S, E]` from an encoder's `last_hidden_state`.
 

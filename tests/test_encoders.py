@@ -671,3 +671,10 @@ def test_wav2vec2_adapter_output_width_is_used():
     assert not hasattr(model, "enc_to_dec_proj")  # adapter output (24) already matches the decoder (24)
     logits = model(inputs=torch.randn(1, 1000), decoder_input_ids=torch.tensor([[1]])).logits
     assert logits.shape == (1, 1, 99)
+
+
+def test_num_token_states_reads_the_count_as_token_states_gives():
+    from splice.encoders import as_token_states, num_token_states
+
+    for hidden in (torch.zeros(2, 7, 5), torch.zeros(2, 5, 3, 4)):
+        assert num_token_states(hidden) == as_token_states(hidden).shape[1]

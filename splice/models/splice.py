@@ -26,7 +26,7 @@ from .._compat import COMPATIBILITY_HINT, TRANSFORMERS_VERSION, cache_kwargs, ou
 from ..conditioning import strategy
 from ..conditioning.base import self_attention_cache
 from ..configuration import SpliceConfig
-from ..encoders import as_token_states, encoder_hidden_size, encoder_tower
+from ..encoders import as_token_states, encoder_hidden_size, encoder_tower, num_token_states
 from ..onednn import use_onednn_lm_head
 from ..precision import check_saveable, resolve_dtype
 from ..precision import quantize as _quantize
@@ -293,7 +293,7 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T_total]
             model_inputs["decoder_position_ids"] = positions[:, -fed.shape[1] :]
         # A mode may hold positions before the text in the cache (the prefix mode's prefix).
-        num_states = as_token_states(kwargs["encoder_outputs"][0]).shape[1]
+        num_states = num_token_states(kwargs["encoder_outputs"][0])  # every step: from the shape, no copy
         before_text = self.conditioning.positions_before_text(self, num_states)
         check_generation_length(self, before_text + input_ids.shape[1])
         if expected > 0:
