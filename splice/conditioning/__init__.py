@@ -104,11 +104,12 @@ def conditioning_parameter_names(model: nn.Module) -> set[str]:
     Returns:
         `set[str]`: dotted names as in `model.named_parameters()`: the strategy's decoder-side parameters (native
         cross-attention, injected blocks) and every parameter outside the encoder and the decoder (the modules the
-        strategy built, e.g. `enc_to_dec_proj` or the prefix projector, and modules a subclass adds).
+        strategy built, e.g. `enc_to_dec_proj` or the prefix projector, and modules a subclass adds), less those the
+        model keeps frozen (`SpliceModel.keeps_frozen`: SmallCap's cross-attention layer norms).
     """
     names = strategy(model.config.conditioning).parameter_names(model)
     names.update(name for name, _ in model.named_parameters() if name.split(".", 1)[0] not in ("encoder", "decoder"))
-    return names
+    return {name for name in names if not model.keeps_frozen(name)}
 
 
 def trains_with_conditioning(model: nn.Module) -> set[str]:

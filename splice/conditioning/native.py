@@ -16,10 +16,6 @@ from .base import Conditioning, enable_cross_attention, has_native_cross_attenti
 PROJECTION = "enc_to_dec_proj"
 
 
-def _is_norm(name: str) -> bool:
-    return any(fragment in name.lower() for fragment in ("ln_", "layernorm", "layer_norm", "norm."))
-
-
 class Native(Conditioning):
     name = "native"
 
@@ -52,10 +48,4 @@ class Native(Conditioning):
         )
 
     def parameter_names(self, model: nn.Module) -> set[str]:
-        # SmallCap keeps GPT-2's cross-attention layer norms frozen (`train_cross_attention_norm=False`).
-        with_norms = getattr(model.config, "train_cross_attention_norm", True)
-        return {
-            f"decoder.{name}"
-            for name, _ in model.decoder.named_parameters()
-            if is_cross_attention_name(name) and (with_norms or not _is_norm(name))
-        }
+        return {f"decoder.{name}" for name, _ in model.decoder.named_parameters() if is_cross_attention_name(name)}

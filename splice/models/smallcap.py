@@ -17,7 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers.pytorch_utils import Conv1D
 
 from .. import inference
-from ..conditioning import trains_with_conditioning
+from ..conditioning import is_cross_attention_name, trains_with_conditioning
 from ..configuration import VisionEncoderDecoderConfig
 from .composites import VisionEncoderDecoderModel
 
@@ -140,6 +140,11 @@ class SmallCapModel(VisionEncoderDecoderModel):
     def _after_conditioning_built(self) -> None:
         # GPT-2's own cross-attention (native) is narrowed; a decoder without one (injected) has nothing to narrow.
         reduce_gpt2_cross_attention(self.decoder, self.config.cross_attention_reduce_factor)
+
+    def keeps_frozen(self, name: str) -> bool:
+        # The original trains the reduced projections of GPT-2's cross-attention, not its layer norm (`ln_cross_attn`).
+        is_norm = any(fragment in name.lower() for fragment in ("ln_", "layernorm", "layer_norm", "norm."))
+        return not self.config.train_cross_attention_norm and is_cross_attention_name(name) and is_norm
 
     def prompts(self, retrieved_captions: Sequence[Sequence[str]] | None, batch_size: int) -> list[str]:
         """One decoder prompt per image from its retrieved captions (or the no-retrieval prompt)."""

@@ -195,6 +195,11 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
     def _after_conditioning_built(self) -> None:
         """A hook for presets that adjust what the strategy built (SmallCap narrows GPT-2's cross-attention)."""
 
+    def keeps_frozen(self, name: str) -> bool:
+        """Whether the conditioning parameter `name` stays frozen when only the conditioning trains: a preset's rule
+        (SmallCap keeps the cross-attention layer norms frozen); none here."""
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Each part initialises its modules the way its family does; splice's own modules use the decoder's rule.
