@@ -118,6 +118,13 @@ class OnnxSeq2Seq:
         if missing:
             raise ValueError(f"encode() needs {self.encoder_inputs}; missing {missing}.")
         feed = {name: np.asarray(inputs[name]) for name in self.encoder_inputs}
+        smallest = self.manifest.get("min_image_side")
+        if smallest and min(feed[self.encoder_inputs[0]].shape[-2:]) < smallest:
+            raise ValueError(
+                f"pixel_values of shape {list(feed[self.encoder_inputs[0]].shape)}: this export's window attention "
+                f"needs images of at least {smallest} px a side (smaller feature maps shrink the model's windows, "
+                f"which the graph does not do); resize the images to {smallest} px or more."
+            )
         for name, array in feed.items():
             feed[name] = array.astype(np.int64 if name in ("input_ids", "attention_mask") else np.float32)
         return self.encoder.run(["last_hidden_state"], feed)[0]

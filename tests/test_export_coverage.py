@@ -1,14 +1,15 @@
 """`splice export` coverage beyond test_export.py (issue 20, item 3): the OCR demo's line encoder (CRNN + transformer
-layers) + GPT-2, the speech composite (Wav2Vec2 + GPT-2) and SmallCap (CLIP + GPT-2 with reduced cross-attention,
-left-padded retrieval prompts). For each: both graphs' logits within 1e-4 of PyTorch (fp32) and greedy ids identical
-at batch 1 and 4 (audio padded, with its mask); SmallCap with prompts of different lengths, and its captions through
-both `caption`s (slow: each export traces the model twice)."""
+layers) + GPT-2, the speech composite (Wav2Vec2 + GPT-2), SmallCap (CLIP + GPT-2 with reduced cross-attention,
+left-padded retrieval prompts) and Donut (DonutSwin + MBart, written by transformers). For each: both graphs' logits
+within 1e-4 of PyTorch (fp32) and greedy / beam-3 ids identical at batch 1 and 4 (audio padded, with its mask; Donut
+at image sizes other than the export's example, which has batch 2); SmallCap with prompts of different lengths, and
+its captions through both `caption`s; Donut with a task prompt (slow: each export traces the model twice)."""
 
 import numpy as np
 import pytest
 import torch
 import transformers as T
-from tiny import decoder_config, randomize
+from tiny import decoder_config, donut_swin_config, randomize
 
 import splice
 from splice.export import export_onnx, load_model, runtime_logit_diff
@@ -57,9 +58,33 @@ def _smallcap() -> SmallCapModel:
     return model
 
 
+def _donut() -> T.VisionEncoderDecoderModel:
+    """naver-clova-ix/donut-base's layout, tiny, as transformers' own `VisionEncoderDecoderModel`: DonutSwin (two
+    stages, window 2, shifted windows) + MBart's decoder (layernorm_embedding, scaled embeddings, final layer norm)
+    with donut-base's encoder_layers=12 (no encoder in a causal LM, but transformers sizes its cache by it); mBART's
+    special tokens (<s> 0, <pad> 1, </s> 2), a forced first token (mBART-50's language code) and a forced EOS at the
+    length limit, from the generation config."""
+    decoder = T.MBartConfig(
+        vocab_size=99, d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=37, encoder_layers=12,
+        encoder_attention_heads=4, encoder_ffn_dim=37, max_position_embeddings=64, scale_embedding=True,
+        add_final_layer_norm=True, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    config = T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(donut_swin_config(depths=[2, 2]), decoder)
+    model = T.VisionEncoderDecoderModel(config)
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 0, 1, 2
+    model.generation_config.forced_bos_token_id = DONUT_LANGUAGE
+    model.generation_config.forced_eos_token_id = 2
+    return model
+
+
+DONUT_LANGUAGE, DONUT_TASK = 57, 61  # a language code (forced first token) and a task-prompt token
+
+
 def _save(directory, model):
-    model.config.decoder_start_token_id, model.config.pad_token_id = 1, 0
-    model.generation_config.decoder_start_token_id = 1
+    if model.config.decoder_start_token_id is None:  # splice composites; transformers' checkpoints bring theirs
+        model.config.decoder_start_token_id, model.config.pad_token_id = 1, 0
+        model.generation_config.decoder_start_token_id = 1
     randomize(model, seed=3, embedding_std=0.1)
     model.save_pretrained(str(directory))
     if getattr(model, "_processor", None) is not None:
@@ -75,6 +100,7 @@ BUILDERS = {
         splice.SpeechEncoderDecoderConfig.from_encoder_decoder_configs(wav2vec2_config(), decoder_config("gpt2"))
     ),
     "smallcap": _smallcap,
+    "donut": _donut,
 }
 
 
@@ -102,6 +128,8 @@ def _inputs(model, batch: int, seed: int) -> dict[str, torch.Tensor]:
         for row in range(1, batch):  # padded: row i shorter by 1500 * i samples
             mask[row, length - 1500 * row :] = 0
         return {"input_values": audio * mask, "attention_mask": mask}
+    if model.config.encoder.model_type == "donut-swin":  # sizes the export never saw (some not patch multiples)
+        return {"pixel_values": torch.randn(batch, 3, 20 + 4 * (seed % 3), 36 + 3 * seed, generator=gen)}
     size = model.config.encoder.image_size
     height, width = (size, size) if isinstance(size, int) else size
     return {"pixel_values": torch.randn(batch, 3, height, width, generator=gen)}
@@ -196,6 +224,34 @@ def test_smallcap_captions_match_pytorch(exported):
 def _prompts_ids(model, prompts):
     config = model.config
     return encode_prompts(model.processor.tokenizer, prompts, config.decoder_start_token_id, config.pad_token_id)[0]
+
+
+def test_donut_task_prompt_dynamic_batch_and_small_images(exported):
+    """Donut's usage: a task prompt as `decoder_input_ids` (the forced first token does not apply after it); the
+    encoder graph's batch and image sides symbolic (optimum#1135 baked Donut's batch in); too small images refused."""
+    model, runtime = exported("donut")
+    shape = [d.dim_param or d.dim_value for d in _graph_input(runtime.directory / "encoder_model.onnx")]
+    assert shape == ["batch_size", 3, "height", "width"]
+    inputs = _inputs(model, 4, seed=2)
+    prompt = torch.tensor([[0, DONUT_TASK]] * 4)
+    feed = {"pixel_values": inputs["pixel_values"].numpy(), "decoder_input_ids": prompt.numpy()}
+    for num_beams in (1, 3):
+        with torch.no_grad():
+            want = model.generate(**inputs, decoder_input_ids=prompt, num_beams=num_beams, max_new_tokens=10).numpy()
+        have = runtime.generate(feed, num_beams=num_beams, max_new_tokens=10)
+        assert (want[:, :2] == prompt.numpy()).all() and want.shape[1] > 4
+        RESULTS[("donut", f"ids equal with a task prompt, beams {num_beams}, batch 4")] = np.array_equal(want, have)
+        np.testing.assert_array_equal(have, want)
+    unprompted = runtime.generate({"pixel_values": feed["pixel_values"]}, max_new_tokens=4)
+    assert (unprompted[:, 1] == DONUT_LANGUAGE).all() and (unprompted[:, -1] == 2).all()  # forced BOS and EOS
+    with pytest.raises(ValueError, match="at least 20 px"):
+        runtime.generate({"pixel_values": np.zeros((1, 3, 16, 40), np.float32)})
+
+
+def _graph_input(path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
 
 
 def test_print_table():

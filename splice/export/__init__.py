@@ -22,6 +22,7 @@ from splice_onnx import FORMAT_VERSION, MANIFEST
 
 from .._version import __version__
 from .graphs import DecoderStep, EncoderGraph, Layout, detect_layout, export_graph
+from .windows import example_size, has_windows, min_side
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model_merged.onnx"
@@ -95,6 +96,8 @@ def example_encoder_inputs(model: torch.nn.Module, batch: int = 2, seed: int = 0
     if name == "pixel_values":
         size = getattr(config, "image_size", 224)
         height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if has_windows(config):  # window attention: a size whose maps take every padding branch (windows.py)
+            height, width = example_size(config)
         return {name: torch.randn(batch, getattr(config, "num_channels", 3), height, width, generator=gen)}
     if name == "input_ids":
         ids = torch.randint(3, min(config.vocab_size, 1000), (batch, 7), generator=gen)
@@ -197,6 +200,8 @@ def export_onnx(
         "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE},
         "opset": opset,
     }
+    if has_windows(model.config.encoder):
+        manifest["min_image_side"] = min_side(model.config.encoder)
     if layout.decoder_mask:
         manifest["decoder_prompt"] = _prompt_settings(model)
         if source is not None and (source / DATASTORE_DIR).is_dir():  # SmallCap's datastore travels with it

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from .windows import has_windows, pad_to_patches
+
 # Decoders whose merged graph uses optimum's decoder-only names (`past_key_values.N.key`): the cache holds only the
 # self-attention keys/values and the cross-attention ones are recomputed per step, as optimum's GPT-2 config exports
 # them (and transformers.js builds the empty first-step cache from those names).
@@ -73,6 +75,8 @@ class EncoderGraph(nn.Module):
         from ..encoders import as_token_states
 
         kwargs = dict(zip(self.input_names, inputs))
+        if "pixel_values" in kwargs and has_windows(self.model.config.encoder):
+            kwargs["pixel_values"] = pad_to_patches(kwargs["pixel_values"], self.model.config.encoder.patch_size)
         return as_token_states(self.model.encoder(**kwargs, return_dict=True).last_hidden_state)
 
 
