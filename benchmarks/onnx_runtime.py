@@ -45,9 +45,8 @@ def main() -> None:
         start = time.perf_counter()
         export_onnx(f"{tmp}/model", f"{tmp}/onnx", quantize="int8", progress=None)
         print(f"export (with int8 and check): {time.perf_counter() - start:.1f} s")
-        for name in sorted(os.listdir(f"{tmp}/onnx")):
-            if name.endswith(".onnx"):
-                print(f"  {name}: {os.path.getsize(f'{tmp}/onnx/{name}') / 1e6:.1f} MB")
+        for name in sorted(os.listdir(f"{tmp}/onnx/onnx")):  # the graphs sit in OUT_DIR/onnx/
+            print(f"  {name}: {os.path.getsize(f'{tmp}/onnx/onnx/{name}') / 1e6:.1f} MB")
         model = load_model(f"{tmp}/model")
         fp32 = OnnxSeq2Seq.from_pretrained(f"{tmp}/onnx", threads=2)
         int8 = OnnxSeq2Seq.from_pretrained(f"{tmp}/onnx", quantized=True, threads=2)

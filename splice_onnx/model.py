@@ -51,11 +51,12 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _session(path: Path, providers: list[str] | None, threads: int | None) -> Any:
+def _session(directory: Path, name: str, providers: list[str] | None, threads: int | None) -> Any:
     import onnxruntime as ort
 
+    path = directory / name
     if not path.is_file():
-        raise ExportFormatError(f"{path} is missing; re-run `splice export MODEL_DIR {path.parent}`.")
+        raise ExportFormatError(f"{path} is missing; re-run `splice export MODEL_DIR {directory}`.")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -65,7 +66,7 @@ def _session(path: Path, providers: list[str] | None, threads: int | None) -> An
     except Exception as error:  # onnxruntime raises its own Fail / InvalidProtobuf / RuntimeException
         raise ExportFormatError(
             f"{path} cannot be loaded by onnxruntime ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-            f"the file is truncated or corrupt. Re-run `splice export MODEL_DIR {path.parent}`."
+            f"the file is truncated or corrupt. Re-run `splice export MODEL_DIR {directory}`."
         ) from None
 
 
@@ -92,8 +93,8 @@ class OnnxSeq2Seq:
                     f"{self.directory} has no int8 graphs; export them with "
                     "`splice export MODEL_DIR OUT_DIR --quantize int8`."
                 )
-        self.encoder = _session(self.directory / files["encoder"], providers, threads)
-        self.decoder = _session(self.directory / files["decoder"], providers, threads)
+        self.encoder = _session(self.directory, files["encoder"], providers, threads)
+        self.decoder = _session(self.directory, files["decoder"], providers, threads)
         layout = self.manifest["layout"]
         self.encoder_inputs: list[str] = layout["encoder_inputs"]
         self.encoder_mask: bool = layout["encoder_mask"]

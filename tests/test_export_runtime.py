@@ -4,6 +4,7 @@ directory (missing file, truncated graph, newer format, unsupported setting)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,10 +37,14 @@ def model(captioner_dir):
 def test_layout_is_optimums(exported):
     import onnxruntime as ort
 
-    assert {p.name for p in exported.glob("*.onnx")} == {"encoder_model.onnx", "decoder_model_merged.onnx"}
+    # the graphs in onnx/, where transformers.js looks (tests/test_transformers_js.py loads them there)
+    assert {str(p.relative_to(exported)) for p in exported.rglob("*.onnx")} == {
+        "onnx/encoder_model.onnx",
+        "onnx/decoder_model_merged.onnx",
+    }
     for name in ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json"):
         assert (exported / name).is_file(), name
-    decoder = ort.InferenceSession(str(exported / "decoder_model_merged.onnx"))
+    decoder = ort.InferenceSession(str(exported / "onnx" / "decoder_model_merged.onnx"))
     inputs = {i.name: i for i in decoder.get_inputs()}
     assert list(inputs)[:2] == ["input_ids", "encoder_hidden_states"]
     assert inputs["use_cache_branch"].type == "tensor(bool)" and inputs["use_cache_branch"].shape == [1]
@@ -121,8 +126,11 @@ def _broken_copy(exported: Path, tmp_path: Path) -> Path:
 
 def test_missing_file_is_one_clear_error(exported, tmp_path):
     copy = _broken_copy(exported, tmp_path)
-    (copy / "decoder_model_merged.onnx").unlink()
-    with pytest.raises(ExportFormatError, match=r"decoder_model_merged.onnx is missing.*splice export"):
+    (copy / "onnx" / "decoder_model_merged.onnx").unlink()
+    with pytest.raises(
+        ExportFormatError,
+        match=rf"decoder_model_merged.onnx is missing.*splice export MODEL_DIR {re.escape(str(copy))}`",
+    ):
         OnnxCaptioner.from_pretrained(copy)
     (copy / "splice_onnx.json").unlink()
     with pytest.raises(ExportFormatError, match=r"splice_onnx.json is missing.*splice export"):
@@ -131,7 +139,7 @@ def test_missing_file_is_one_clear_error(exported, tmp_path):
 
 def test_truncated_graph_is_one_clear_error(exported, tmp_path):
     copy = _broken_copy(exported, tmp_path)
-    path = copy / "encoder_model.onnx"
+    path = copy / "onnx" / "encoder_model.onnx"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ExportFormatError, match=r"encoder_model.onnx cannot be loaded.*truncated or corrupt.*export"):
         OnnxCaptioner.from_pretrained(copy)

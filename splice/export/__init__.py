@@ -1,8 +1,9 @@
 """`splice.export.export_onnx`: a splice model (or its directory) -> a self-contained ONNX directory (optimum's layout).
 
-`OUT_DIR` holds `encoder_model.onnx`, one `decoder_model_merged.onnx` (boolean `use_cache_branch`: the first step or a
-cached step, weights stored once), `config.json`, `generation_config.json`, the tokenizer / image-processor files and
-`splice_onnx.json` (the format version and the graphs' layout). `splice_onnx` (no torch) runs it.
+`OUT_DIR` holds `onnx/encoder_model.onnx`, one `onnx/decoder_model_merged.onnx` (boolean `use_cache_branch`: the first
+step or a cached step, weights stored once), `config.json`, `generation_config.json`, the tokenizer / image-processor
+files and `splice_onnx.json` (the format version and the graphs' layout). `splice_onnx` (no torch) runs it; the graphs
+sit in `onnx/` where transformers.js looks for them, so `from_pretrained(OUT_DIR)` loads the directory as it is.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from .._version import __version__
 from .graphs import DecoderStep, EncoderGraph, Layout, detect_layout, export_graph
 from .windows import example_size, has_windows, min_side
 
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model_merged.onnx"
+GRAPHS_DIR = "onnx"  # transformers.js's `subfolder` default (the hub's converted repos use it too)
+ENCODER_FILE = f"{GRAPHS_DIR}/encoder_model.onnx"
+DECODER_FILE = f"{GRAPHS_DIR}/decoder_model_merged.onnx"
 QUANTIZED_SUFFIX = "_quantized"
 DEFAULT_OPSET = 17
 # What a deployment needs besides the graphs (whichever the model's directory has).
@@ -168,7 +170,7 @@ def export_onnx(
     if source is None and isinstance(getattr(model.config, "name_or_path", None), str):
         source = Path(model.config.name_or_path)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / GRAPHS_DIR).mkdir(parents=True, exist_ok=True)
 
     names = _encoder_names(model)
     inputs = example_encoder_inputs(model)

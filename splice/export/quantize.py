@@ -39,7 +39,8 @@ def quantize_int8(
     written = []
     for name in files:
         source = out / name
-        target = out / name.replace(".onnx", f"{suffix}.onnx")
+        written.append(name.replace(".onnx", f"{suffix}.onnx"))  # relative to `out`, as `files`
+        target = out / written[-1]
         exclude = _lm_head_nodes(onnx.load(str(source)), model.config.decoder.vocab_size) if keep_lm_head else []
         quantize_dynamic(
             str(source),
@@ -48,5 +49,4 @@ def quantize_int8(
             nodes_to_exclude=exclude,
             op_types_to_quantize=["MatMul", "Gemm"],
         )
-        written.append(target.name)
     return {"encoder": written[0], "decoder": written[1]}
