@@ -24,6 +24,7 @@ from tiny import (  # noqa: E402
     bert_decoder_config,
     bert_encoder_config,
     bpe_gpt2_tokenizer,
+    deit_config,
     gpt2_config,
     randomize,
     swin_config,
@@ -113,13 +114,22 @@ def captioner_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trocr_dir(tmp_path_factory) -> str:
     """microsoft/trocr-base-handwritten: ViT encoder + TrOCR decoder, saved by transformers, with a TrOCRProcessor."""
-    directory = str(tmp_path_factory.mktemp("trocr-base-handwritten"))
+    return _trocr(str(tmp_path_factory.mktemp("trocr-base-handwritten")), vit_config(), seed=15)
+
+
+@pytest.fixture(scope="module")
+def trocr_small_dir(tmp_path_factory) -> str:
+    """microsoft/trocr-small-handwritten: DeiT encoder (class + distillation tokens) + TrOCR decoder, as above."""
+    return _trocr(str(tmp_path_factory.mktemp("trocr-small-handwritten")), deit_config(), seed=17)
+
+
+def _trocr(directory: str, encoder: transformers.PreTrainedConfig, seed: int) -> str:
     decoder = trocr_config()
     decoder.vocab_size = BPE_VOCAB_SIZE
     decoder.bos_token_id, decoder.pad_token_id, decoder.eos_token_id = 0, 1, 2  # <s>, <pad>, </s>
     decoder.decoder_start_token_id = 2
-    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(), decoder)
-    model = randomize(transformers.VisionEncoderDecoderModel(config), seed=15)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    model = randomize(transformers.VisionEncoderDecoderModel(config), seed=seed)
     # Saved with <s> as the start token, so the example's `decoder_start_token_id = eos` edit visibly changes it.
     for cfg in (model.config, model.generation_config):
         cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = 0, 1, 2

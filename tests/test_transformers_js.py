@@ -2,13 +2,14 @@
 ids as PyTorch splice (issue 20, item 3).
 
 The checkpoints are conftest.py's, written by transformers' own classes: vit-gpt2 (GPT-2 decoder, cache names
-`past_key_values.N.key/value`), TrOCR (ViT + TrOCRForCausalLM, `past_key_values.N.{decoder,encoder}.{key,value}`) and
-bert2bert. Node gets the very pixel values PyTorch gets (a JSON file), so preprocessing plays no part; greedy ids are
-compared at batch 1 and 3, also with an EOS reached early. Two limitations of transformers.js itself are pinned here
-(README, Export), so that a release that lifts one fails a test: it has no `encoder-decoder` class (bert2bert is
-refused), and its `generate` keeps one candidate per step (`num_beams` > 1 returns the greedy ids).
-transformers.js is installed once per version with `npm install --ignore-scripts` (onnxruntime-node ships its CPU
-binaries; its install script only downloads GPU ones) into ~/.cache/splice-tests/.
+`past_key_values.N.key/value`), TrOCR base and small (ViT / DeiT + TrOCRForCausalLM, cache names
+`past_key_values.N.{decoder,encoder}.{key,value}`) and bert2bert. Node gets the very pixel values PyTorch gets (a JSON
+file), so preprocessing plays no part; greedy ids are compared at batch 1 and 3, also with an EOS reached early. Two
+limitations of transformers.js itself are pinned here (README, Export), so that a release that lifts one fails a test:
+it has no `encoder-decoder` class (bert2bert is refused), and its `generate` keeps one candidate per step (so
+`num_beams > 1` returns the greedy ids). transformers.js is installed once per version with `npm install
+--ignore-scripts` (onnxruntime-node ships its CPU binaries; its install script only downloads GPU ones) into
+~/.cache/splice-tests/.
 """
 
 import json
@@ -113,7 +114,7 @@ def exported(request, tmp_path_factory):
     return build
 
 
-@pytest.mark.parametrize("fixture", ["captioner_dir", "trocr_dir"])
+@pytest.mark.parametrize("fixture", ["captioner_dir", "trocr_dir", "trocr_small_dir"])
 def test_vision2seq_generates_the_same_ids_as_pytorch(transformers_js, exported, fixture):
     """Greedy at batch 1 and 3, then batch 3 with an EOS the model emits (row 0's 3rd token), so rows finish early."""
     model, out = exported(fixture)
