@@ -62,26 +62,6 @@ def solid(colour: str, shade: float = 1.0) -> Image.Image:
     return Image.new("RGB", (8, 8), tuple(int(c * shade) for c in COLOURS[colour]))
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny random CLIPModel with a character-level CLIP tokenizer and an image processor, saved to disk."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    text = {"vocab_size": len(vocab), "max_position_embeddings": 48, "bos_token_id": 0, "eos_token_id": 1}
-    tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    vision = {"image_size": 32, "patch_size": 8}
-    config = CLIPConfig(text_config=text | tower, vision_config=vision | tower, projection_dim=8)
-    directory = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).save_pretrained(directory)
-    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=48).save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
-
-
 def test_pretrained_embedder_is_normalised_and_batch_independent(clip_dir, tmp_path):
     embedder = Embedder.from_pretrained(str(clip_dir), device="cpu")
     assert embedder.identity == {"name_or_path": str(clip_dir.resolve()), "class": "CLIPModel", "dim": 8}

@@ -11,9 +11,11 @@ from typing import Any
 
 from ..training.config import ConfigError
 
-# A copy of `splice.retrieval.KEY_KINDS` (importing `splice.retrieval` loads torch and faiss for `--help`); a test
-# keeps them equal.
+# Copies of `splice.retrieval.KEY_KINDS`, `INDEX_KINDS` and `FLAT_LIMIT` (importing `splice.retrieval` loads torch and
+# faiss for `--help`); a test keeps them equal.
 KEY_KINDS = ("text", "image")
+INDEX_KINDS = ("auto", "flat", "ivfpq", "ivfflat")
+FLAT_LIMIT = 262_144
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--captions",
         required=True,
-        help='.jsonl of {"caption", "group"?, "image"?}, .txt with one caption per line, or builtin:shapes[:domain]',
+        help='.jsonl of {"caption", "group"?, "image"?}, .txt with one caption per line, .parquet with a "caption" '
+        '(and "group") column, or builtin:shapes[:domain]; text keys from a file are read and indexed in batches',
     )
     build.add_argument("--embedder", required=True, help="CLIP-style checkpoint: hub id or directory")
     build.add_argument(
@@ -37,6 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--n", type=at_least_one, default=1000, help="examples to generate for builtin captions")
     build.add_argument("--seed", type=int, default=0, help="seed of builtin captions")
     build.add_argument("--batch-size", type=at_least_one, default=64, help="captions (or images) embedded together")
+    build.add_argument(
+        "--index",
+        default="auto",
+        help=f"{' | '.join(INDEX_KINDS)} | a FAISS index_factory string (e.g. 'IVF4096,PQ64'); auto: exact (flat) up "
+        "to --flat-limit keys, else IVF-PQ with its lists on disk",
+    )
+    build.add_argument("--flat-limit", type=at_least_one, default=FLAT_LIMIT, help="the most keys auto keeps exact")
+    build.add_argument("--keep-vectors", action="store_true", help="keep the keys as vectors.f32 beside the index")
+    build.add_argument("--ray", action="store_true", help="embed the captions on Ray Data workers (text keys)")
+    build.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local one)")
+    build.add_argument("--workers", type=at_least_one, default=2, help="embedding workers (with --ray)")
     build.set_defaults(func=datastore_build_command)
 
     query = actions.add_parser("query", help="print the captions retrieved for images, as JSONL", **adding)
@@ -47,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--embedder", default=None, help="the embedding checkpoint (default: the one the datastore was built with)"
     )
     query.add_argument("--batch-size", type=at_least_one, default=32, help="images embedded together")
+    query.add_argument(
+        "--nprobe", type=at_least_one, default=None, help="lists an IVF index searches (default: the one saved)"
+    )
     for action in (build, query):  # also after the action (`splice datastore build ... --verbose`)
         action.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=parser_verbose(parser))
     query.set_defaults(func=datastore_query_command)
@@ -87,9 +104,21 @@ def _read_captions(source: str, n: int, seed: int) -> tuple[list[str], list[str 
 
 
 def datastore_build_command(args: argparse.Namespace) -> None:
-    r"""`splice datastore build`: embed `--captions` with `--embedder` and save to `--output`; prints a JSON summary."""
+    r"""`splice datastore build`: embed `--captions` with `--embedder` and save to `--output`; prints a JSON summary.
+
+    Text keys from a file stream into an on-disk datastore (`splice.retrieval.build_datastore`, or Ray Data workers
+    with `--ray`); image keys and built-in captions are built in memory, exact (`Datastore.build`)."""
     from ..retrieval import Datastore, Embedder
 
+    if args.keys == "text" and not args.captions.startswith("builtin:"):
+        _build_on_disk(args)
+        return
+    if args.ray or args.index not in ("auto", "flat"):
+        flag = "--ray" if args.ray else f"--index {args.index}"
+        raise ConfigError(
+            f"{flag} builds text keys from a caption file; image keys and builtin captions are built in memory with "
+            "an exact index: drop the flag, or use --keys text with a .txt/.jsonl/.parquet file"
+        )
     captions, groups, images = _read_captions(args.captions, args.n, args.seed)
     if args.keys == "image" and images is None:
         raise ConfigError(
@@ -98,7 +127,38 @@ def datastore_build_command(args: argparse.Namespace) -> None:
     embedder = Embedder.from_pretrained(args.embedder)
     datastore = Datastore.build(captions, embedder, groups, args.keys, images, args.batch_size)
     datastore.save(args.output)
-    print(json.dumps({"output": args.output, "count": len(datastore), "dim": datastore.dim, "keys": args.keys}))
+    summary = {"output": args.output, "count": len(datastore), "dim": datastore.dim, "keys": args.keys, "index": "Flat"}
+    print(json.dumps(summary))
+
+
+def _build_on_disk(args: argparse.Namespace) -> None:
+    """Stream `--captions` into an on-disk datastore, embedded here or on Ray Data workers (`--ray`)."""
+    from ..retrieval import build_datastore
+
+    if Path(args.captions).suffix not in (".txt", ".jsonl", ".parquet"):
+        raise ConfigError(f"--captions {args.captions!r}: must be a .txt, .jsonl or .parquet file, or builtin:shapes")
+    options = {"index": args.index, "keep_vectors": args.keep_vectors, "flat_limit": args.flat_limit}
+    if args.ray:
+        from ..scale.cluster import connect
+        from ..scale.datastore import build_datastore_on_ray
+
+        connect(args.ray_address)
+        meta = build_datastore_on_ray(
+            args.captions, args.embedder, args.output, workers=args.workers, batch_size=args.batch_size, **options
+        )
+    else:
+        from ..retrieval import Embedder
+
+        embedder = Embedder.from_pretrained(args.embedder)
+        meta = build_datastore(args.captions, embedder, args.output, batch_size=args.batch_size, **options)
+    summary = {
+        "output": args.output,
+        "count": meta["count"],
+        "dim": meta["dim"],
+        "keys": "text",
+        "index": meta["index"],
+    }
+    print(json.dumps(summary))
 
 
 def datastore_query_command(args: argparse.Namespace) -> None:
@@ -112,7 +172,7 @@ def datastore_query_command(args: argparse.Namespace) -> None:
             f"{args.datastore}: this datastore's keys come from a captioner's frozen encoder; query it with "
             "`splice caption MODEL IMAGES --datastore DIR`, or build one with a CLIP checkpoint (--embedder)."
         )
-    datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name))
+    datastore = Datastore.load(args.datastore, Embedder.from_pretrained(name), nprobe=args.nprobe)
     paths, skipped = readable_images(expand_inputs(args.images))
     for path, captions in zip(paths, datastore.retrieve_for_images(paths, args.k, batch_size=args.batch_size)):
         sys.stdout.write(json.dumps({"file": str(path), "captions": captions}) + "\n")

@@ -1,8 +1,15 @@
-"""The datastore: captions behind an exact inner-product FAISS index over L2-normalised keys, saved and loaded as a
+"""The datastore: captions behind an inner-product FAISS index over L2-normalised keys, saved and loaded as a
 directory, with cached retrieval for training.
 
-Files written by [`Datastore.save`]: `index.faiss`, `captions.jsonl` (one `{"caption", "group"}` per key, in index
-order) and `datastore.json` (embedder identity, kind of keys, dimension, count, splice version).
+Two layouts, both loaded by [`Datastore.load`]:
+
+- written by [`Datastore.save`] (built in memory, exact): `index.faiss` (flat), `captions.jsonl` (one
+  `{"caption", "group"}` per key, in index order) and `datastore.json` (embedder identity, kind of keys, dimension,
+  count, splice version); loaded into memory.
+- written by [`build_datastore`] / `splice datastore build` (streamed, any size): the same files, plus
+  `captions.offsets` (line offsets), `index.ivfdata` (an IVF index's on-disk lists) and, in `datastore.json`, the
+  index's factory string (`"index"`), `nprobe`, `max_group_size` and `fingerprint`; loaded memory-mapped, so memory
+  does not grow with the datastore.
 
 Names: a *key* is a vector in the index (one per caption); `key_kind` says what was embedded to make the keys
 (`"text"`: the captions, `"image"`: their images; saved as `"keys"` in `datastore.json`). `image_ids` in
@@ -11,10 +18,10 @@ Names: a *key* is a vector in the index (one per caption); `key_kind` says what 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,27 +31,21 @@ import numpy as np
 
 from .._version import __version__
 from .embedder import FROZEN_ENCODER_EMBEDDER, Embedder, _normalised, frozen_encoder_embedder
+from .index import INDEX_NAME, _faiss, read_index
+from .store import CaptionFile
 
 if TYPE_CHECKING:
     import faiss
 
-INDEX_NAME = "index.faiss"
 CAPTIONS_NAME = "captions.jsonl"
 META_NAME = "datastore.json"
 KEY_KINDS = ("text", "image")
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as error:
-        raise ImportError("splice.retrieval needs FAISS: `pip install faiss-cpu` (or faiss-gpu).") from error
-    return faiss
-
-
 class Datastore:
     r"""
-    Captions behind an exact inner-product FAISS index (`faiss.IndexFlatIP`) over L2-normalised keys.
+    Captions behind an inner-product FAISS index over L2-normalised keys: exact (`faiss.IndexFlatIP`) when built in
+    memory ([`Datastore.build`]), chosen by size when built on disk ([`build_datastore`]).
 
     Each key has its caption and an optional group id (e.g. the id of the image the caption describes), used to exclude
     the query image's own captions in training. Keys are text embeddings of the captions (`key_kind="text"`, SmallCap's
@@ -53,21 +54,27 @@ class Datastore:
 
     Args:
         index (`faiss.Index`): one vector per caption, in order.
-        captions (`list[str]`): the captions.
-        groups (`list[str | None]`): the group of each caption.
+        captions (`Sequence[str]`): the captions (a list, or read from disk).
+        groups (`Sequence[str | None]`): the group of each caption.
         key_kind (`str`): what the keys embed: `"text"` or `"image"`.
         identity (`dict`): identity of the embedder that made the keys.
         embedder ([`Embedder`], *optional*): embeds query images in [`Datastore.retrieve_for_images`].
+        max_group_size (`int`, *optional*): the size of the largest group (default: counted from `groups`).
+        directory (`Path`, *optional*): the directory the datastore was loaded from, when its files stay on disk.
+        fingerprint (`str`, *optional*): [`Datastore.fingerprint`], when known (default: computed on first use).
     """
 
     def __init__(
         self,
         index: faiss.Index,
-        captions: list[str],
-        groups: list[str | None],
+        captions: Sequence[str],
+        groups: Sequence[str | None],
         key_kind: str,
         identity: dict[str, Any],
         embedder: Embedder | None = None,
+        max_group_size: int | None = None,
+        directory: Path | None = None,
+        fingerprint: str | None = None,
     ):
         if not index.ntotal == len(captions) == len(groups):
             raise ValueError(
@@ -77,8 +84,12 @@ class Datastore:
             raise ValueError(f"key_kind must be one of {KEY_KINDS}, got {key_kind!r}")
         self.index, self.captions, self.groups = index, captions, groups
         self.key_kind, self.identity, self.embedder = key_kind, identity, embedder
+        self.directory = directory
+        self._fingerprint = fingerprint
         # With exclusion, fetching k + the largest group's size always leaves k hits from other groups.
-        self.max_group_size = max(Counter(g for g in groups if g is not None).values(), default=0)
+        if max_group_size is None:
+            max_group_size = max(Counter(g for g in groups if g is not None).values(), default=0)
+        self.max_group_size = max_group_size
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -133,13 +144,20 @@ class Datastore:
 
     def save(self, directory: str | os.PathLike) -> None:
         r"""
-        Write `index.faiss`, `captions.jsonl` and `datastore.json` to `directory` (created if needed).
+        Write `index.faiss`, `captions.jsonl` and `datastore.json` to `directory` (created if needed); a datastore
+        loaded from an on-disk build is saved by copying its files.
 
         Args:
             directory (`str` or `os.PathLike`): where to save.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.directory is not None:
+            if directory.resolve() != self.directory.resolve():
+                for source in sorted(self.directory.iterdir()):
+                    if source.is_file():
+                        shutil.copyfile(source, directory / source.name)
+            return
         _faiss().write_index(self.index, str(directory / INDEX_NAME))
         with open(directory / CAPTIONS_NAME, "w", encoding="utf-8") as file:
             for caption, group in zip(self.captions, self.groups):
@@ -154,13 +172,17 @@ class Datastore:
         (directory / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, embedder: Embedder | None = None) -> Datastore:
+    def load(
+        cls, directory: str | os.PathLike, embedder: Embedder | None = None, nprobe: int | None = None
+    ) -> Datastore:
         r"""
         Load a saved datastore.
 
         Args:
-            directory (`str` or `os.PathLike`): as written by [`Datastore.save`].
+            directory (`str` or `os.PathLike`): as written by [`Datastore.save`] or [`build_datastore`].
             embedder ([`Embedder`], *optional*): to embed queries; its identity must equal the saved one.
+            nprobe (`int`, *optional*): lists an IVF index searches per query (default: the one saved; more lists
+                find more of the exact nearest keys, and take longer).
 
         Returns:
             [`Datastore`]
@@ -172,8 +194,32 @@ class Datastore:
                 f"The datastore at {directory} was built with the embedder {meta['embedder']}, but the given embedder "
                 f"is {embedder.identity}; its keys live in another embedding space."
             )
-        index = _faiss().read_index(str(directory / INDEX_NAME))
-        with open(directory / CAPTIONS_NAME, encoding="utf-8") as file:
+        if "index" in meta:  # an on-disk build: everything stays mapped from the files
+            index = read_index(directory, meta["index"], nprobe)
+            file = CaptionFile(directory / CAPTIONS_NAME, meta["count"])
+            if index.ntotal != meta["count"]:
+                raise ValueError(
+                    f"datastore file {str(directory / INDEX_NAME)!r} holds {index.ntotal} keys, {META_NAME} says "
+                    f"{meta['count']}: the files come from different builds; rebuild with `splice datastore build`"
+                )
+            return cls(
+                index,
+                file.captions,
+                file.groups,
+                meta["keys"],
+                meta["embedder"],
+                embedder,
+                meta["max_group_size"],
+                directory,
+                meta["fingerprint"],
+            )
+        index = read_index(directory)
+        captions_path = directory / CAPTIONS_NAME
+        if not captions_path.is_file():
+            raise FileNotFoundError(
+                f"datastore file {str(captions_path)!r} is missing; copy the whole datastore directory, or rebuild it"
+            )
+        with open(captions_path, encoding="utf-8") as file:
             rows = [json.loads(line) for line in file if line.strip()]
         return cls(
             index, [r["caption"] for r in rows], [r["group"] for r in rows], meta["keys"], meta["embedder"], embedder
@@ -210,10 +256,13 @@ class Datastore:
             scores = scores.round(5)
             short = []
             for query, row_scores, row_ids in zip(pending, scores, ids):
+                found = row_ids >= 0  # an IVF index returns -1 past the keys in the lists it searched
+                exhausted = not found.all()
+                row_scores, row_ids = row_scores[found], row_ids[found]
                 order = np.lexsort((row_ids, -row_scores))  # nearest first, then by key
                 results[query], last = self._captions(row_scores[order], row_ids[order], k, exclude[query])
                 # Fetch more when exclusions or duplicates left fewer than k, or the k-th may tie with unfetched keys.
-                if fetch < len(self) and (len(results[query]) < k or last == row_scores.min()):
+                if fetch < len(self) and not exhausted and (len(results[query]) < k or last == row_scores.min()):
                     short.append(query)
             pending, fetch = np.array(short, dtype=np.int64), fetch * 2
         return results
@@ -251,12 +300,15 @@ class Datastore:
             return []
         return self.search(self.embedder.embed_images(images, batch_size), k, exclude_groups)
 
-    @functools.cached_property
+    @property
     def fingerprint(self) -> str:
         """sha256 of the embedder identity, kind of keys, every key vector, caption and group."""
-        digest = hashlib.sha256(json.dumps([self.identity, self.key_kind, self.captions, self.groups]).encode())
-        digest.update(_faiss().vector_to_array(self.index.codes).tobytes())  # raw bytes of the [N, D] keys
-        return digest.hexdigest()
+        if self._fingerprint is None:
+            captions, groups = list(self.captions), list(self.groups)
+            digest = hashlib.sha256(json.dumps([self.identity, self.key_kind, captions, groups]).encode())
+            digest.update(_faiss().vector_to_array(self.index.codes).tobytes())  # raw bytes of the [N, D] keys
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
 
 def _group_ids(groups: Sequence[Any] | None, count: int) -> list[str | None]:
@@ -306,8 +358,17 @@ def read_datastore_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(directory) / META_NAME
     if not path.exists():
-        raise FileNotFoundError(f"{directory} is not a datastore (no {META_NAME}).")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(
+            f"{directory} is not a datastore (no {META_NAME}): build one with `splice datastore build`, or finish an "
+            "interrupted build by running it again"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"datastore file {str(path)!r} is not JSON ({error.msg}); the file is corrupt: rebuild with "
+            "`splice datastore build`"
+        ) from None
 
 
 def retrieve_cached(

@@ -117,17 +117,18 @@ class Embedder:
         dim = text_fn(["a"]).shape[1]
         return cls(text_fn, image_fn, {"name_or_path": name_or_path, "class": type(model).__name__, "dim": dim})
 
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
         r"""
         Args:
             texts (`Sequence[str]`): the texts.
             batch_size (`int`, *optional*, defaults to 64): texts per call of the text tower.
+            progress (`bool`, *optional*, defaults to `True`): show a progress bar.
 
         Returns:
             `np.ndarray`: float32 `[N, D]`, rows of unit length.
         """
         texts = list(texts)
-        return self._embed(self.text_fn, texts, batch_size, "Embedding texts", list)
+        return self._embed(self.text_fn, texts, batch_size, "Embedding texts" if progress else None, list)
 
     def embed_images(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         r"""
@@ -144,10 +145,11 @@ class Embedder:
         images = list(images)
         return self._embed(self.image_fn, images, batch_size, "Embedding images", lambda b: [open_image(i) for i in b])
 
-    def _embed(self, fn: Callable, items: list, batch_size: int, desc: str, prepare: Callable) -> np.ndarray:
+    def _embed(self, fn: Callable, items: list, batch_size: int, desc: str | None, prepare: Callable) -> np.ndarray:
+        """`fn` over batches of `items`, with a progress bar named `desc` (none when `None`)."""
         chunks = [
             _normalised(fn(prepare(items[start : start + batch_size])))  # [B, D]
-            for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False)
+            for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False, disable=desc is None)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.identity.get("dim", 0)), np.float32)
 
