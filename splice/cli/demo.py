@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..training.config import TrainConfig
 
-TASKS = ("shapes", "ocr")
+TASKS = ("shapes", "ocr", "smallcap")
 
 
 def _model(image_size: int | list[int], patch_size: int | list[int], width: int, layers: int) -> dict:
@@ -179,6 +179,10 @@ def run_demo(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task == "ocr":
         return _run_ocr_demo(output_dir or "splice-demo-ocr", quick, ocr or OCR_DEMO)
+    if task == "smallcap":  # SmallCap with a miniature pretrained CLIP and GPT-2: `splice.training.smallcap_demo`
+        from ..training.smallcap_demo import QUICK_DEMO, SMALLCAP_DEMO, run_smallcap_demo
+
+        return run_smallcap_demo(output_dir or "splice-demo-smallcap", QUICK_DEMO if quick else SMALLCAP_DEMO)
     from ..data import record_references
     from ..data.slots import parse_shapes_caption
     from ..models import VisionEncoderDecoderModel
@@ -263,7 +267,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         choices=TASKS,
         default="shapes",
-        help="shapes: caption generated scenes of shapes; ocr: read rendered text lines",
+        help="shapes: caption generated scenes of shapes; ocr: read rendered text lines; smallcap: SmallCap's "
+        "retrieval and datastore-swap claims with a miniature pretrained CLIP and GPT-2",
     )
     parser.add_argument("--output-dir", default=None, help="where the model is saved (default: splice-demo-<task>)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a handful of samples (smoke test)")
