@@ -161,6 +161,33 @@ def test_int8_quantization_agrees_mostly(captioner_dir, tmp_path):
     agreement = float((a == b).mean())
     RESULTS[("captioner_dir", "int8 greedy token agreement")] = agreement
     assert a.shape == b.shape and agreement > 0.5
+    # The merged int8 decoder stores each weight once, as int8: no float matrix left but the LM head (vocabulary
+    # sized), and the quantized weights take about a quarter of their float bytes (the scales on top).
+    vocab = fp32.manifest["vocab_size"]
+    floats = _weight_bytes(tmp_path / "onnx" / "decoder_model_merged.onnx", vocab)
+    quantized = _weight_bytes(tmp_path / "onnx" / "decoder_model_merged_quantized.onnx", vocab)
+    RESULTS[("captioner_dir", "int8 decoder weight bytes / fp32")] = quantized["int8"] / floats["float"]
+    assert quantized["float"] == 0 and quantized["lm_head"] == floats["lm_head"] > 0
+    assert quantized["int8"] <= 0.3 * floats["float"]
+
+
+def _weight_bytes(path, vocab_size: int) -> dict[str, int]:
+    """Bytes of a graph's matrices (initializers of rank >= 2): float ones, the float LM head (a dimension of the
+    vocabulary's size, not the token embedding's `[vocab, hidden]`), and 8-bit ones."""
+    import onnx
+
+    found = {"float": 0, "lm_head": 0, "int8": 0}
+    for tensor in onnx.load(str(path)).graph.initializer:
+        if len(tensor.dims) < 2:
+            continue
+        size = int(np.prod(tensor.dims))
+        if tensor.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            found["int8"] += size
+        elif tensor.dims[-1] == vocab_size:
+            found["lm_head"] += 4 * size
+        else:
+            found["float"] += 4 * size
+    return found
 
 
 def test_print_table():

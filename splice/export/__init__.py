@@ -29,6 +29,10 @@ GRAPHS_DIR = "onnx"  # transformers.js's `subfolder` default (the hub's converte
 ENCODER_FILE = f"{GRAPHS_DIR}/encoder_model.onnx"
 DECODER_FILE = f"{GRAPHS_DIR}/decoder_model_merged.onnx"
 QUANTIZED_SUFFIX = "_quantized"
+QUANTIZED_FILES = {
+    "encoder": ENCODER_FILE.replace(".onnx", f"{QUANTIZED_SUFFIX}.onnx"),
+    "decoder": DECODER_FILE.replace(".onnx", f"{QUANTIZED_SUFFIX}.onnx"),
+}
 DEFAULT_OPSET = 17
 # What a deployment needs besides the graphs (whichever the model's directory has).
 PROCESSOR_FILES = (
@@ -143,6 +147,7 @@ def export_onnx(
     quantize: str | None = None,
     check: bool = True,
     progress: Callable[[str], None] | None = print,
+    quantize_lm_head: bool = False,
 ) -> Path:
     r"""
     Export a splice model to ONNX in optimum's layout, then load the export and check it against PyTorch.
@@ -151,10 +156,12 @@ def export_onnx(
         model_or_dir: a splice model, or a directory saved by splice / transformers (TrOCR, vit-gpt2, bert2bert ...).
         out_dir: where to write (created; existing files of the same names are replaced).
         opset: the ONNX opset (default 17).
-        quantize: `"int8"` also writes `*_quantized.onnx` (onnxruntime dynamic quantization, LM head kept fp32).
+        quantize: `"int8"` also writes `*_quantized.onnx` (onnxruntime dynamic quantization of the encoder and of the
+            decoder's two branches before they are merged, so each int8 weight is stored once; LM head kept fp32).
         check: run both graphs on a generated input and compare logits (|diff| <= 1e-4) and greedy ids with PyTorch;
             a mismatch raises `ExportError`.
         progress: called with one line per stage (`None`: silent).
+        quantize_lm_head: with `quantize="int8"`, quantize the LM head too (smaller, and fewer tokens agree).
 
     Returns:
         `Path`: `out_dir`.
@@ -186,7 +193,8 @@ def export_onnx(
                  False, opset)  # fmt: skip
 
     say(f"[2/5] decoder: {type(model.decoder).__name__} ({model.config.conditioning}) -> {DECODER_FILE}")
-    _export_decoder(model, layout, states, mask, out / DECODER_FILE, opset)
+    int8 = (out / QUANTIZED_FILES["decoder"], not quantize_lm_head) if quantize else None
+    _export_decoder(model, layout, states, mask, out / DECODER_FILE, opset, int8)
 
     say("[3/5] config, generation config, processor files")
     model.config.save_pretrained(str(out))
@@ -210,10 +218,11 @@ def export_onnx(
             shutil.copytree(source / DATASTORE_DIR, out / DATASTORE_DIR, dirs_exist_ok=True)
             manifest["decoder_prompt"]["datastore"] = DATASTORE_DIR
     if quantize:
-        from .quantize import quantize_int8
+        from .quantize import quantize_graph
 
-        say("[4/5] int8 dynamic quantization (LM head kept fp32)")
-        manifest["quantized_files"] = quantize_int8(out, [ENCODER_FILE, DECODER_FILE], model, QUANTIZED_SUFFIX)
+        say(f"[4/5] int8 dynamic quantization (LM head {'int8' if quantize_lm_head else 'kept fp32'})")
+        quantize_graph(out / ENCODER_FILE, out / QUANTIZED_FILES["encoder"], model.config.decoder.vocab_size)
+        manifest["quantized_files"] = dict(QUANTIZED_FILES)
     else:
         say("[4/5] quantization: none")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -229,11 +238,18 @@ def export_onnx(
 
 
 def _export_decoder(
-    model: torch.nn.Module, layout: Layout, states: torch.Tensor, mask: torch.Tensor | None, path: Path, opset: int
+    model: torch.nn.Module,
+    layout: Layout,
+    states: torch.Tensor,
+    mask: torch.Tensor | None,
+    path: Path,
+    opset: int,
+    int8: tuple[Path, bool] | None = None,
 ) -> None:
-    import onnx
-
-    from .merge import merge_decoders
+    """Trace the first step and a cached step, merge them into `path`; `int8=(path, keep_lm_head)`: also quantize
+    both graphs and merge those (quantize.py says why before merging)."""
+    from .merge import merge_decoder_files
+    from .quantize import quantize_graph
 
     batch = states.shape[0]
     ids = torch.randint(3, model.config.decoder.vocab_size, (batch, 3), generator=torch.Generator().manual_seed(1))
@@ -257,13 +273,13 @@ def _export_decoder(
                      False, opset)  # fmt: skip
         export_graph(step, (ids[:, -1:], states, *step_extra, *past.values()), f"{tmp}/step.onnx",
                      layout.decoder_inputs + list(past), output_names, layout, True, opset)  # fmt: skip
-        merged = merge_decoders(
-            onnx.load(f"{tmp}/first.onnx"),
-            onnx.load(f"{tmp}/step.onnx"),
-            layout.decoder_inputs + layout.past_names(),
-            output_names,
-        )
-    onnx.save(merged, str(path))
+        names = layout.decoder_inputs + layout.past_names()
+        merge_decoder_files(f"{tmp}/first.onnx", f"{tmp}/step.onnx", path, names, output_names)
+        if int8 is not None:
+            vocab_size = model.config.decoder.vocab_size
+            for name in ("first", "step"):
+                quantize_graph(f"{tmp}/{name}.onnx", f"{tmp}/{name}_int8.onnx", vocab_size, int8[1])
+            merge_decoder_files(f"{tmp}/first_int8.onnx", f"{tmp}/step_int8.onnx", int8[0], names, output_names)
 
 
 def decoder_positions(mask: torch.Tensor, length: int) -> torch.Tensor:

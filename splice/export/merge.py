@@ -8,6 +8,7 @@ graphs' nodes are moved; no operator is written here. Uses `onnx` alone (no torc
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -137,3 +138,11 @@ def merge_decoders(
     merged.ir_version = max(no_past.ir_version, with_past.ir_version)
     onnx.checker.check_model(merged)
     return merged
+
+
+def merge_decoder_files(
+    no_past: str | Path, with_past: str | Path, target: str | Path, input_names: list[str], output_names: list[str]
+) -> None:
+    """`merge_decoders` on two `.onnx` files, written to `target`."""
+    merged = merge_decoders(onnx.load(str(no_past)), onnx.load(str(with_past)), input_names, output_names)
+    onnx.save(merged, str(target))

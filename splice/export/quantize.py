@@ -1,15 +1,22 @@
 """`--quantize int8`: onnxruntime dynamic quantization (int8 weights, activations quantized per call), LM head fp32.
 
-The LM head is left in float32: its rows are the logits that pick each token, and a coarse int8 scale there flips
-near-tied tokens while saving little on small vocabularies (`keep_lm_head=False` quantizes it too).
+Each graph is quantized on its own: the encoder, and the decoder's two branch graphs *before* they are merged, so
+that `merge.py` stores each int8 weight once (the two branches quantize the same float weights to the same bytes).
+Quantizing the merged file instead leaves its float initializers in place: onnxruntime's quantizer adds int8 copies
+inside the `If` branches without removing the originals the outer graph holds, and the file does not shrink.
+
+The LM head is left in float32 by default: its rows are the logits that pick each token, and a coarse int8 scale
+there flips near-tied tokens (`benchmarks/README.md` has the agreement measured both ways). Token and position
+embeddings (`Gather`) are quantized too: they are most of a small decoder's bytes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import onnx
+
+OP_TYPES = ["MatMul", "Gemm", "Gather"]
 
 
 def _lm_head_nodes(model: onnx.ModelProto, vocab_size: int) -> list[str]:
@@ -30,23 +37,12 @@ def _lm_head_nodes(model: onnx.ModelProto, vocab_size: int) -> list[str]:
     return found
 
 
-def quantize_int8(
-    out: Path, files: list[str], model: Any, suffix: str = "_quantized", keep_lm_head: bool = True
-) -> dict[str, str]:
-    """Write `NAME{suffix}.onnx` next to each of `files`; returns `{"encoder": ..., "decoder": ...}`."""
+def quantize_graph(source: str | Path, target: str | Path, vocab_size: int, keep_lm_head: bool = True) -> None:
+    """Write `source` with int8 weights to `target` (the LM head, the MatMul/Gemm with a vocabulary-sized weight,
+    kept fp32 unless `keep_lm_head=False`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    written = []
-    for name in files:
-        source = out / name
-        written.append(name.replace(".onnx", f"{suffix}.onnx"))  # relative to `out`, as `files`
-        target = out / written[-1]
-        exclude = _lm_head_nodes(onnx.load(str(source)), model.config.decoder.vocab_size) if keep_lm_head else []
-        quantize_dynamic(
-            str(source),
-            str(target),
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-            op_types_to_quantize=["MatMul", "Gemm"],
-        )
-    return {"encoder": written[0], "decoder": written[1]}
+    exclude = _lm_head_nodes(onnx.load(str(source)), vocab_size) if keep_lm_head else []
+    quantize_dynamic(
+        str(source), str(target), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, op_types_to_quantize=OP_TYPES
+    )
