@@ -57,12 +57,12 @@ class PartsSettings:
     clip_text_width: int = 64
     clip_text_layers: int = 2
     projection_dim: int = 64
-    clip_steps: int = 1200
+    clip_steps: int = 600
     clip_batch_size: int = 64
     clip_learning_rate: float = 1e-3
     gpt2_layers: int = 3
     gpt2_positions: int = 128
-    gpt2_steps: int = 1000
+    gpt2_steps: int = 500
     gpt2_batch_size: int = 32
     gpt2_learning_rate: float = 2e-3
 

@@ -64,13 +64,13 @@ class SmallCapDemo:
 
     parts: PartsSettings = PartsSettings()
     n_pretrain: int = 2000
-    n_train: int = 1000
+    n_train: int = 800
     n_val: int = 100
     n_test: int = 200
-    n_datastore_b: int = 1000
+    n_datastore_b: int = 800
     epochs: float = 3
     batch_size: int = 32
-    learning_rates: tuple[float, ...] = (1e-3, 3e-3)
+    learning_rates: tuple[float, ...] = (1e-3, 4e-3)
     seeds: tuple[int, ...] = (0, 1, 2)
     resamples: int = 1000
 
