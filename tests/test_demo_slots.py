@@ -1,8 +1,9 @@
 """The shapes demo's slot metric: captions parsed back into (colour, shape, place/relation) slots and scored."""
 
+import numpy as np
 import pytest
 
-from splice.data.builtin import ShapeSlots, make_dataset
+from splice.data.builtin import COLOURS, DOMAINS, ShapeSlots, make_dataset
 from splice.data.slots import parse_shapes_caption, slot_metrics
 from splice.training.pipeline import load_records
 
@@ -76,6 +77,51 @@ def test_every_triangle_scores_chance_on_shape():
     metrics = slot_metrics(triangles, [e.slots for e in examples])
     assert metrics["slot_colour"] == metrics["slot_where"] == 1.0
     assert 0.15 < metrics["slot_shape"] < 0.35 and metrics["slot_sample"] < 0.3
+
+
+@pytest.mark.parametrize("domain", ["a", "b"])
+def test_a_pairs_slots_say_where_its_shapes_are_drawn(domain):
+    """The labels behind "to the left of" / "above": the first shape's pixels lie left of (above) the second's."""
+    pairs = [e for e in make_dataset("shapes", 80, seed=6, domain=domain) if len(e.slots.objects) == 2]
+    assert {e.slots.where for e in pairs} == {"to the left of", "above"}
+    for example in pairs:
+        pixels = np.asarray(example.image, dtype=np.float32)
+        centres = []
+        for colour, _ in example.slots.objects:  # colour jitter is +-12 per channel, noise sigma <= 10
+            ys, xs = np.nonzero(np.abs(pixels - COLOURS[colour]).sum(-1) < 45)
+            centres.append((xs.mean(), ys.mean()))
+        axis = 0 if example.slots.where == "to the left of" else 1
+        assert centres[0][axis] + 10 < centres[1][axis], (example.references[0], centres)
+
+
+def _frame(caption: str) -> list[str]:
+    """A caption's words with colours, shapes and directions blanked: its template."""
+    slot_words = set(COLOURS) | {shape for domain in DOMAINS.values() for shape in domain.shapes}
+    return ["_" if w in slot_words | {"left", "right", "above", "below"} else w for w in caption.split()]
+
+
+def test_reading_order_captions_name_the_left_or_upper_shape_first():
+    """`pair_order="reading"` changes the training caption only: same images, references and slots, and each pair's
+    caption keeps its phrasing but names the left (upper) shape first."""
+    examples = make_dataset("shapes", 120, seed=5)
+    reading = make_dataset("shapes", 120, seed=5, pair_order="reading")
+    frames = 0
+    for example, ordered in zip(examples, reading):
+        assert ordered.image.tobytes() == example.image.tobytes() and ordered.references == example.references
+        assert ordered.slots == example.slots == parse_shapes_caption(ordered.caption)
+        if len(ordered.slots.objects) == 1:
+            assert ordered.caption == example.caption
+            continue
+        (first, _), (second, _) = ordered.slots.objects
+        words = ordered.caption.split()
+        assert words.index(first) < words.index(second), ordered.caption
+        frames += _frame(ordered.caption) == _frame(example.caption)  # the same template
+    assert frames == sum(len(e.slots.objects) == 2 for e in examples)
+    # Read left to right, top to bottom, a pair's relation is always said as "to the left of" or "above".
+    assert not any(" below " in e.caption or " right of " in e.caption for e in reading)
+    assert any(" below " in e.caption or " right of " in e.caption for e in examples)
+    with pytest.raises(ValueError, match="pair_order must be 'any' or 'reading', got 'left'"):
+        make_dataset("shapes", 1, pair_order="left")
 
 
 def test_builtin_shapes_records_carry_their_slots():

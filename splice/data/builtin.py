@@ -174,7 +174,11 @@ def make_dataset(
             shapes: `domain` (`"a"` or `"b"`, defaults to `"a"`), `colours` and `shapes` (names overriding the
             domain's; colours from `COLOURS`), `max_shapes` (1 or 2, defaults to 2), `vary_wording` (defaults to
             `True`: the caption is one of the references at random; `False`: always the canonical `references[0]`,
-            e.g. `"a red circle on the left"` or `"a red circle to the left of a blue square"`).
+            e.g. `"a red circle on the left"` or `"a red circle to the left of a blue square"`), `pair_order`
+            (`"any"`, the default: the caption names a pair's shapes in whichever order its phrasing does;
+            `"reading"`: the caption's phrasing is kept but names the left (upper) shape first, e.g. `"we see a red
+            circle to the left of a blue square"` for the reference `"we see a blue square to the right of a red
+            circle"`; references, images and the rest of the data are the same for both).
             ocr: `max_words` (defaults to 3); `text`: `"words"` (default: up to `max_words` common words and numbers),
             `"random"` (random strings of 3 to `max_chars` (16) letters, digits and punctuation) or `"mixed"`
             (random strings with probability `random_fraction`, 0.5); `fonts` and `exclude_fonts` (font file names
@@ -250,25 +254,29 @@ def _shapes_example(
     shapes: Sequence[str] | None = None,
     max_shapes: int = 2,
     vary_wording: bool = True,
+    pair_order: str = "any",
 ) -> Example:
     if max_shapes not in (1, 2):
         raise ValueError(f"max_shapes must be 1 or 2, got {max_shapes}")
+    if pair_order not in ("any", "reading"):
+        raise ValueError(f"pair_order must be 'any' or 'reading', got {pair_order!r}")
     colours, shapes = list(colours or DOMAINS[domain].colours), list(shapes or DOMAINS[domain].shapes)
     grey = rng.randint(100, 160)
     image = Image.new("RGB", size, tuple(grey + rng.randint(-10, 10) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     if rng.randint(1, max_shapes) == 1:
         references, slots = _draw_single(draw, rng, size, colours, shapes)
+        captions = references
     else:
-        references, slots = _draw_pair(draw, rng, size, colours, shapes)
-    caption = rng.choice(references) if vary_wording else references[0]
+        references, slots, in_reading_order = _draw_pair(draw, rng, size, colours, shapes)
+        captions = in_reading_order if pair_order == "reading" else references
+    caption = rng.choice(captions) if vary_wording else captions[0]
     return Example(_add_noise(image, noise_rng, sigma=rng.uniform(2, 10)), caption, references, slots)
 
 
-def _phrasings(templates: Sequence[str], rng: random.Random, **slots: str) -> list[str]:
+def _phrasings(templates: Sequence[str], rng: random.Random) -> list[str]:
     """The canonical phrasing (first template) and `N_REFERENCES - 1` others at random, COCO-style."""
-    chosen = [templates[0]] + rng.sample(templates[1:], N_REFERENCES - 1)
-    return [template.format(**slots) for template in chosen]
+    return [templates[0]] + rng.sample(templates[1:], N_REFERENCES - 1)
 
 
 def _draw_single(
@@ -280,13 +288,16 @@ def _draw_single(
     # Jittered around the place's anchor but kept inside the image.
     centre = [min(s - r, max(r, (f + rng.uniform(-0.05, 0.05)) * s)) for f, s in zip((fx, fy), size)]
     _draw_shape(draw, rng, colour, shape, centre, r)
-    references = _phrasings(SINGLE_TEMPLATES, rng, thing=f"{colour} {shape}", place=place_phrase, name=place)
-    return references, ShapeSlots(((colour, shape),), place)
+    words = {"thing": f"{colour} {shape}", "place": place_phrase, "name": place}
+    return [template.format(**words) for template in _phrasings(SINGLE_TEMPLATES, rng)], ShapeSlots(
+        ((colour, shape),), place
+    )
 
 
 def _draw_pair(
     draw: ImageDraw.ImageDraw, rng: random.Random, size: tuple[int, int], colours: list[str], shapes: list[str]
-) -> tuple[list[str], ShapeSlots]:
+) -> tuple[list[str], ShapeSlots, list[str]]:
+    """Draw two shapes; their references, slots, and the same phrasings naming the left (upper) shape first."""
     first, second = [(colour, rng.choice(shapes)) for colour in rng.sample(colours, 2)]
     relation = rng.choice(list(RELATIONS))
     converse, axis, first_is_low = RELATIONS[relation]
@@ -299,8 +310,17 @@ def _draw_pair(
         _draw_shape(draw, rng, colour, shape, [f * s for f, s in zip(fractions, size)], r)
     words = {"first": " ".join(first), "second": " ".join(second), "relation": relation, "converse": converse}
     low_first = relation in ("to the left of", "above")  # the canonical form names the left (upper) shape first
-    objects = (first, second) if low_first else (second, first)
-    return _phrasings(PAIR_TEMPLATES, rng, **words), ShapeSlots(objects, relation if low_first else converse)
+    slots = ShapeSlots((first, second) if low_first else (second, first), relation if low_first else converse)
+    templates = _phrasings(PAIR_TEMPLATES, rng)
+    return [t.format(**words) for t in templates], slots, [_in_reading_order(t, slots) for t in templates]
+
+
+def _in_reading_order(template: str, slots: ShapeSlots) -> str:
+    """A pair template filled so that the shape it names first is the left (upper) one, `slots.objects[0]`."""
+    (low, high), relation = [" ".join(o) for o in slots.objects], slots.where
+    if template.index("{first}") < template.index("{second}"):
+        return template.format(first=low, second=high, relation=relation, converse=RELATIONS[relation][0])
+    return template.format(first=high, second=low, relation=RELATIONS[relation][0], converse=relation)
 
 
 # --- ocr ---------------------------------------------------------------------------------------------------------
