@@ -5,7 +5,8 @@ the training policies (freeze, LoRA), set the generation defaults, let the prese
 retrieval prompts, see `training.smallcap`), build the trainer (on cached encoder features when the encoder is frozen).
 [`run_training`] trains (resuming if asked), evaluates against every reference and saves. [`train`] is the two.
 
-Runs unchanged on one process, under `torchrun --nproc_per_node N` and under `accelerate launch` (CPU: gloo).
+Runs unchanged on one process, under `torchrun --nproc_per_node N` and under `accelerate launch` (CPU: gloo), DDP or
+FSDP (`accelerate launch --config_file configs/accelerate_fsdp.yaml`; `training.fsdp`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from ..inference import generate_for_records
 from ..models import EncoderDecoderModel, SpliceModel, VisionEncoderDecoderModel
 from ..processing import SpliceProcessor, vit_image_processor_class
 from ..retrieval import Datastore
-from . import smallcap
+from . import fsdp, smallcap
 from .config import ConfigError, TrainConfig, check_resume, data_task, loading, not_a_data_source
 from .feature_cache import cache_encoder_features
 from .freezing import apply_freeze_policy, trainable_counts
@@ -139,17 +140,19 @@ def run_training(run: TrainingRun) -> dict[str, float]:
         )
     run.trainer.train(resume_from_checkpoint=resume)
     metrics = evaluate(run.model, run.eval_records, run.tokenizer, run.image_processor, run.task, config.batch_size)
+    # Sharded (FSDP): every process hands its shards to the main one, which saves the whole model.
+    weights = fsdp.gather_weights(run.trainer.accelerator, run.model) if run.trainer.is_fsdp_enabled else None
     if run.trainer.is_world_process_zero():
-        save_run(run, metrics)
+        save_run(run, metrics, weights)
     return metrics
 
 
-def save_run(run: TrainingRun, metrics: dict[str, float]) -> None:
-    """Print the final metrics; save the model, its processor, the datastore (SmallCap), `eval_metrics.json` and
-    `train_config.yaml`."""
+def save_run(run: TrainingRun, metrics: dict[str, float], weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Print the final metrics; save the model (`weights`: its gathered state dict, when sharded), its processor, the
+    datastore (SmallCap), `eval_metrics.json` and `train_config.yaml`."""
     output_dir = Path(run.config.output_dir)
     print(f"final {metrics_label(run.config, references_label(run.eval_records))}: {metrics}", file=sys.stderr)
-    run.model.save_pretrained(output_dir)
+    run.model.save_pretrained(output_dir, state_dict=weights)
     run.trainer.processor.save_pretrained(output_dir)
     if run.datastore is not None:
         smallcap.save_datastore(run.datastore, output_dir)

@@ -6,6 +6,9 @@ warning: the run goes on from initial values. Each checkpoint here also holds th
 (`splice_weights.safetensors`, shared tensors once) and its processor; resuming loads that file strictly, and a
 mismatch is an error naming the keys.
 
+Under FSDP (`training.fsdp`; also on CPU processes, which accelerate alone would train with DDP) the live weights are
+gathered from the shards into that file, and loaded back into the shards.
+
 Under `bf16` on a CPU, training steps run attention through PyTorch's math kernel (see `SpliceTrainer.compute_loss`).
 """
 
@@ -13,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from functools import partial
 from typing import Any
 
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Seq2SeqTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from . import fsdp
 
 LIVE_WEIGHTS = "splice_weights.safetensors"
 
@@ -39,6 +45,12 @@ class SpliceTrainer(Seq2SeqTrainer):
     def __init__(self, *args: Any, processor: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.processor = processor
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """transformers' accelerator; FSDP asked for on CPU processes is selected (see `training.fsdp`)."""
+        super().create_accelerator_and_postprocess()
+        if not self.is_fsdp_enabled:
+            self.is_fsdp_enabled = fsdp.enable_on_cpu(self.accelerator, self.args)
 
     def compute_loss(self, model: nn.Module, inputs: dict, *args: Any, **kwargs: Any) -> Any:
         """transformers' loss; under `bf16` on a CPU, with `scaled_dot_product_attention` on the math kernel: the fused
@@ -62,13 +74,19 @@ class SpliceTrainer(Seq2SeqTrainer):
                 setattr(config, key, None)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self.is_fsdp_enabled:
+            fsdp.complete_optimizer_state(self.optimizer)  # else the sharded optimizer state does not load back
         super()._save_checkpoint(model, trial)
+        sharded = fsdp.gather_weights(self.accelerator, self.model) if self.is_fsdp_enabled else None  # collective
         if not self.is_world_process_zero():
             return
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.processor is not None:
             self.processor.save_pretrained(folder)
-        save_model(self.accelerator.unwrap_model(self.model), os.path.join(folder, LIVE_WEIGHTS))
+        if sharded is not None:
+            save_file(fsdp.stored_once(sharded), os.path.join(folder, LIVE_WEIGHTS))
+        else:
+            save_model(self.accelerator.unwrap_model(self.model), os.path.join(folder, LIVE_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -78,7 +96,8 @@ class SpliceTrainer(Seq2SeqTrainer):
                 f"{resume_from_checkpoint} has no {LIVE_WEIGHTS}: it was written by another tool or not completely "
                 "(interrupted while saving). Delete that directory to resume from the checkpoint before it."
             )
-        missing, unexpected = load_model(model, path, strict=False)
+        load = fsdp.load_weights if self.is_fsdp_enabled else partial(load_model, strict=False)
+        missing, unexpected = load(model, path)
         if missing or unexpected:
             raise CheckpointMismatchError(
                 f"The checkpoint {resume_from_checkpoint} does not match the model: missing keys {sorted(missing)[:8]}"
