@@ -1,6 +1,7 @@
 """`splice caption --ray` (Ray Data, an actor pool of 2) on one local 2-CPU cluster for the module (slow): the captions
-equal single-process `splice caption` row for row, unreadable inputs are rows with their error, a re-run captions only
-what is missing, manifests name images, and an output written by another model is refused."""
+equal single-process `splice caption` row for row (a PyTorch model directory, and its `splice export` on onnxruntime),
+unreadable inputs are rows with their error, a re-run captions only what is missing, manifests name images, and an
+output written by another model is refused."""
 
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import ray
 from serve_tiny import image, save_captioner
 
 from splice.cli import main
+from splice.export import export_onnx
 from splice.scale.captioning import Options, caption_on_ray, read_output
 from splice.training.config import ConfigError
 
@@ -36,6 +38,12 @@ def corpus(tmp_path_factory):
     return model, folder
 
 
+@pytest.fixture(scope="module")
+def exported(corpus, tmp_path_factory):
+    model, _ = corpus
+    return export_onnx(model, tmp_path_factory.mktemp("export") / "onnx", check=False, progress=None)
+
+
 def single_process(model: Path, inputs: list[str], output: Path) -> dict[str, str]:
     main(["caption", str(model), *inputs, "--format", "jsonl", "--output", str(output), "--batch-size", "5"])
     return {r["file"]: r["caption"] for r in map(json.loads, output.read_text().splitlines())}
@@ -54,6 +62,20 @@ def test_captions_equal_single_process_and_unreadable_inputs_are_listed(corpus, 
     assert broken["file"] == str(folder / "broken.png") and broken["caption"] is None
     assert "cannot read the image" in broken["error"]
     assert "captioned 24 image(s)" in capsys.readouterr().err
+
+
+def test_an_onnx_export_captions_as_single_process_splice_caption_on_it(corpus, exported, tmp_path):
+    _, folder = corpus
+    alone = single_process(exported, [str(folder)], tmp_path / "alone.jsonl")  # onnxruntime, one process
+    assert len(alone) == 24 and len(set(alone.values())) > 1  # captions vary by image: rows cannot match by accident
+    output = tmp_path / "captions.parquet"
+    flags = ["--ray", "--workers", "2", "--batch-size", "4", "--output", str(output)]
+    main(["caption", str(exported), str(folder), *flags])
+    rows = read_output(output)
+    assert {r["model"] for r in rows} == {str(exported)}
+    assert {r["file"]: r["caption"] for r in rows if r["error"] is None} == alone  # row for row
+    with pytest.raises(ConfigError, match="--datastore 'captions.faiss': .* is an export .* PyTorch model directory"):
+        main(["caption", str(exported), str(folder), "--ray", "--datastore", "captions.faiss", "--output", str(output)])
 
 
 def test_rerun_captions_only_what_is_missing(corpus, tmp_path):

@@ -127,14 +127,20 @@ def read_output(output: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_captioner(model_dir: str, options: Options) -> Any:
-    """`captions(images) -> list[str]` for `model_dir`, as single-process `splice caption` computes them."""
+def is_export(model_dir: str | Path) -> bool:
+    """A directory written by `splice export` (run on onnxruntime)."""
     from splice_onnx import MANIFEST
 
-    if (Path(model_dir) / MANIFEST).is_file():  # an export: onnxruntime, no torch
+    return (Path(model_dir) / MANIFEST).is_file()
+
+
+def load_captioner(model_dir: str, options: Options, threads: int | None = None) -> Any:
+    """`captions(images) -> list[str]` for `model_dir`, as single-process `splice caption` computes them (`threads`:
+    onnxruntime's intra-op threads for an export, whose default is one per core whatever the worker's share)."""
+    if is_export(model_dir):  # onnxruntime, no torch
         from splice_onnx import OnnxCaptioner
 
-        onnx = OnnxCaptioner.from_pretrained(model_dir)
+        onnx = OnnxCaptioner.from_pretrained(model_dir, threads=threads)
         return lambda images: onnx.caption(images, num_beams=options.num_beams, max_new_tokens=options.max_new_tokens)
     import torch
     from transformers import AutoModelForImageTextToText
@@ -186,7 +192,7 @@ class CaptionWorker:
 
         torch.set_num_threads(threads)
         self.model_id = model_id
-        self.captions = load_captioner(model_dir, options)
+        self.captions = load_captioner(model_dir, options, threads)
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
@@ -246,12 +252,18 @@ def caption_on_ray(
         model_id (*optional*): written in each row (default: `model_dir` as given).
 
     Raises:
-        `ValueError`: an `output` suffix other than `.parquet` / `.jsonl`, or an `output` written by another model.
+        `ValueError`: an `output` suffix other than `.parquet` / `.jsonl`, an `output` written by another model, or
+            a datastore with an export.
     """
     from .cluster import connect
 
     kind = output_format(output)
     options, model_id = options or Options(), model_id or str(model_dir)
+    if options.datastore and is_export(model_dir):
+        raise ValueError(
+            f"--datastore {options.datastore!r}: {str(model_dir)!r} is an export (onnxruntime), which captions without "
+            "retrieval; pass the PyTorch model directory"
+        )
     done_rows = read_output(output)
     others = sorted({r["model"] for r in done_rows if r.get("model") != model_id})
     if others:
