@@ -122,8 +122,17 @@ def process(scores: np.ndarray, ids: np.ndarray, cfg: dict[str, Any], prompt_len
 
 
 def _topk(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest per row, largest first; ties to the lower index (as torch.topk on CPU)."""
-    return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    """Indices of the k largest per row, largest first; ties to the lower index (as torch.topk on CPU). Only the
+    values at or above each row's k-th largest are sorted (a full sort of `beams x vocabulary` scores per step was
+    a third of beam search's time)."""
+    if k >= values.shape[-1]:
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    kth = np.partition(values, -k, axis=-1)[:, -k:].min(axis=-1)
+    top = np.empty((values.shape[0], k), dtype=np.int64)
+    for row, (scores, threshold) in enumerate(zip(values, kth)):
+        candidates = np.flatnonzero(scores >= threshold)  # ascending indices, ties at the threshold included
+        top[row] = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
+    return top
 
 
 def _gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
