@@ -33,6 +33,13 @@ class ImageProcessor:
             )
         if config.get("do_center_crop"):
             raise ValueError(f"{path}: do_center_crop=True is not implemented here; pass `pixel_values` yourself.")
+        steps = sorted(key for key, on in config.items() if key not in _SUPPORTED_KEYS and on not in (None, False))
+        if steps:  # e.g. Donut's thumbnail + pad: resizing to `size` instead would give other pixel values
+            raise ValueError(
+                f"{path}: {', '.join(f'{key}={config[key]!r}' for key in steps)}: preprocessing steps the ONNX runtime "
+                "does not implement (it resizes, rescales and normalizes); preprocess with transformers' processor "
+                "and pass `pixel_values` to generate()."
+            )
         self.size = (size.get("height"), size.get("width"))
 
     @classmethod

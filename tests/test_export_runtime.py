@@ -165,3 +165,17 @@ def test_unsupported_setting_names_it(exported):
         runtime.caption(IMAGES[:1], numbeams=2)
     with pytest.raises(ExportFormatError, match="--quantize int8"):
         OnnxCaptioner.from_pretrained(exported, quantized=True)
+
+
+def test_unimplemented_preprocessing_is_refused(tmp_path):
+    """Donut's processor thumbnails and pads: the runtime names those steps instead of resizing to `size`."""
+    from splice_onnx.processing import ImageProcessor
+
+    config = {"do_resize": True, "size": {"height": 64, "width": 48}, "do_rescale": True, "do_thumbnail": True,
+              "do_pad": True, "do_align_long_axis": False, "image_processor_type": "DonutImageProcessor"}  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"do_pad=True, do_thumbnail=True: preprocessing steps"):
+        ImageProcessor.from_dir(tmp_path)
+    config.update(do_thumbnail=False, do_pad=False, do_reduce_labels=False)  # steps turned off: accepted
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    assert ImageProcessor.from_dir(tmp_path).size == (64, 48)
