@@ -230,7 +230,8 @@ def test_donut_task_prompt_dynamic_batch_and_small_images(exported):
     """Donut's usage: a task prompt as `decoder_input_ids` (the forced first token does not apply after it); the
     encoder graph's batch and image sides symbolic (optimum#1135 baked Donut's batch in); too small images refused."""
     model, runtime = exported("donut")
-    shape = [d.dim_param or d.dim_value for d in _graph_input(runtime.directory / "encoder_model.onnx")]
+    encoder = runtime.directory / runtime.manifest["files"]["encoder"]
+    shape = [d.dim_param or d.dim_value for d in _graph_input(encoder)]
     assert shape == ["batch_size", 3, "height", "width"]
     inputs = _inputs(model, 4, seed=2)
     prompt = torch.tensor([[0, DONUT_TASK]] * 4)
