@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import transformers
+from transformers import CompileConfig
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 TRANSFORMERS_VERSION = transformers.__version__
@@ -29,6 +30,19 @@ JAX2TF_SORT_TOP_K = True
 
 # torch 2.3 added `torch._weight_int8pack_mm` (int8 weight x floating activations, per-channel scales).
 _INT8PACK_MM = hasattr(torch, "_weight_int8pack_mm")
+
+# transformers compiles `generate`'s decoding steps (static cache + `compile_config`) only on accelerators unless the
+# private flag `CompileConfig._compile_all_devices` is set (a class attribute since 4.48, not a field; 5.23-5.25 read it
+# in `_valid_auto_compile_criteria`). Without it a CPU decodes eagerly, silently: tests/test_compiled.py would see it.
+_COMPILE_ALL_DEVICES = "_compile_all_devices"
+
+
+def compile_config(mode: str) -> CompileConfig:
+    """transformers' `CompileConfig` with `torch.compile`'s `mode`, honoured on every device (CPUs included)."""
+    config = CompileConfig(mode=mode)
+    setattr(config, _COMPILE_ALL_DEVICES, True)
+    return config
+
 
 COMPATIBILITY_HINT = (
     "See the README's 'Compatibility' section: install a tested transformers release "

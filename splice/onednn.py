@@ -28,12 +28,26 @@ from torch import nn
 
 _linear_pointwise = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+# Fixed for the process; read once, since `torch.compile` does not trace `torch.backends.mkldnn.is_available()`.
+_BUILT_WITH_ONEDNN = _X86 and _linear_pointwise is not None and torch.backends.mkldnn.is_available()
+
+
+@torch.library.custom_op("splice::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's matmul on an unpacked weight as one opaque op, so that `torch.compile` keeps it in a compiled decoding
+    step (inductor cannot lower `mkldnn._linear_pointwise` with an unpacked weight; it would otherwise fall back to
+    MKL's slower GEMM for the head)."""
+    return _linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _onednn_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def onednn_available() -> bool:
     """Whether linears can run on oneDNN here: an x86 CPU build with oneDNN, and PyTorch's switch for it on."""
-    backend = torch.backends.mkldnn
-    return _X86 and _linear_pointwise is not None and backend.is_available() and backend.enabled
+    return _BUILT_WITH_ONEDNN and torch.backends.mkldnn.enabled
 
 
 class OneDNNLinear(nn.Linear):
@@ -41,7 +55,7 @@ class OneDNNLinear(nn.Linear):
 
     It shares the parameters of the layer it is made from (`weight` is that layer's `weight`, ties included), so its
     state-dict keys are the layer's own. In bfloat16 a single row (batch 1) is a `torch.mv`. Everything else —
-    training, autocast, other dtypes, several positions per row, tracing by `torch.compile`, oneDNN switched off — is
+    training, autocast, other dtypes, several positions per row, oneDNN switched off — is
     `F.linear`, exactly the layer's computation.
 
     Args:
@@ -62,7 +76,6 @@ class OneDNNLinear(nn.Linear):
             or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             or torch.is_autocast_enabled("cpu")
-            or torch.compiler.is_compiling()
         ):
             return F.linear(x, self.weight, self.bias)
         if x.dtype == torch.bfloat16 and x.numel() == self.in_features:
@@ -72,6 +85,8 @@ class OneDNNLinear(nn.Linear):
             return (out if self.bias is None else out + self.bias).view(*x.shape[:-1], self.out_features)
         if x.dtype != torch.float32 or not onednn_available():
             return F.linear(x, self.weight, self.bias)
+        if torch.compiler.is_compiling():  # a compiled decoding step (splice/models/compiled_step.py)
+            return onednn_linear(x, self.weight, self.bias)
         return _linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 

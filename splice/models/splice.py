@@ -286,6 +286,8 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         expected = input_ids.shape[1] - (fed.shape[1] if fed is not None else input_ids.shape[1])
         held = cache.get_seq_length() if cache is not None else 0
         mask = model_inputs.get("decoder_attention_mask")
+        if mask is not None and mask.dim() != 2:  # a static cache's 4D mask, built from the 2D one generate keeps
+            mask = kwargs.get("decoder_attention_mask")
         if (
             mask is not None
             and fed is not None

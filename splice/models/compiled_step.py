@@ -1,0 +1,114 @@
+"""A compiled decoding step, opt-in: transformers' static cache and `torch.compile` of the model's forward.
+
+`generate(..., cache_implementation="static")` gives the decoder a fixed-size cache, so every decoding step has the
+same shapes, and transformers' `generate` then runs its steps through `torch.compile` of the model's forward
+(`CompileConfig`; on a CPU only when asked, `splice._compat.compile_config`). The compiled graph is exact: the same
+operations in the same order, fused (generated ids are identical to eager decoding; tests/test_compiled.py checks it
+against each supported decoder). The LM head stays on oneDNN inside the graph (`splice.onednn.onednn_linear`).
+
+It is **off by default** because on the CPU it was measured on it is barely faster and costs a long compilation
+(benchmarks/README.md, "A compiled decoding step"): a batch-1 step reads every weight once, and the matmuls that read
+them are most of the step, compiled or not. [`CompiledDecoding`] is the switch: it compiles once per shape (batch,
+beams, maximum length, dtype, device; the static cache's size is part of the graph), prints one line when it does,
+and falls back to eager decoding, with a warning naming the reason, where a decoder or setting is not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import Any
+
+import torch
+
+from .._compat import compile_config
+from ..precision import is_quantized
+
+logger = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def unsupported_reason(model: Any, generate_kwargs: dict[str, Any]) -> str | None:
+    """Why `model` cannot decode through a compiled static-cache step with these `generate` arguments, or None."""
+    decoder = model.get_decoder()
+    if not getattr(decoder, "_can_compile_fullgraph", False):
+        return f"transformers' {type(decoder).__name__} does not support a static cache with torch.compile"
+    if model.conditioning.name == "prefix":
+        return "prefix conditioning keeps the encoder's prefix in the cache ahead of the text; a static cache cannot"
+    if is_quantized(model):
+        return "the int8 layers (splice.quantize) are not compiled; decode a quantized model eagerly"
+    if (generate_kwargs.get("num_beams") or model.generation_config.num_beams or 1) > 1:
+        return "beam search: transformers compiles the steps of greedy search and sampling only"
+    if any(kwargs_name in generate_kwargs for kwargs_name in ("cache", "past_key_values", "cache_implementation")):
+        return "a cache (or cache_implementation) was passed to generate; the compiled step brings its own"
+    if model.device.type not in ("cpu", "cuda"):
+        return f"device {model.device.type!r}: compiled only on cpu and cuda"
+    if model.device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+        return "torch.compile on a CPU needs a C++ compiler (inductor builds its kernels); none is on PATH"
+    return None
+
+
+class CompiledDecoding:
+    r"""
+    `generate` through a static cache and a compiled forward, compiled once per shape.
+
+    Args:
+        model: a splice model (`SpliceModel` or a composite).
+        mode (`str`): `torch.compile`'s mode. `"default"` on a CPU; `"reduce-overhead"` (CUDA graphs) on a GPU.
+        verbose (`bool`): print one line when a new shape is compiled (and how long it took).
+
+    Example:
+
+    ```python
+    >>> fast = CompiledDecoding(model)
+    >>> ids = fast.generate(pixel_values, max_new_tokens=24)  # first call of this shape: compiles (tens of seconds)
+    >>> ids = fast.generate(pixel_values, max_new_tokens=24)  # reuses the compiled step
+    ```
+    """
+
+    def __init__(self, model: Any, mode: str = "default", verbose: bool = True) -> None:
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"mode={mode!r} is not a torch.compile mode; choose one of {COMPILE_MODES}.")
+        self.model = model
+        self.mode = mode
+        self.compile_config = compile_config(mode)
+        self.verbose = verbose
+        self.compiled_shapes: dict[tuple, float] = {}  # shape key -> seconds the first call took (compilation)
+        self._warned: set[str] = set()
+
+    def shape_key(self, inputs: torch.Tensor, generate_kwargs: dict[str, Any]) -> tuple:
+        """What a compiled step is specialised to: batch, beams, maximum length, dtype, device."""
+        config = self.model.generation_config
+        beams = generate_kwargs.get("num_beams") or config.num_beams or 1
+        new_tokens = generate_kwargs.get("max_new_tokens") or config.max_new_tokens
+        length = new_tokens if new_tokens is not None else generate_kwargs.get("max_length", config.max_length)
+        return inputs.shape[0], beams, length, self.model.dtype, str(self.model.device)
+
+    def generate(self, inputs: torch.Tensor | None = None, **generate_kwargs: Any) -> Any:
+        """`model.generate(inputs, **generate_kwargs)`, its decoding steps compiled where supported (same ids)."""
+        reason = unsupported_reason(self.model, generate_kwargs)
+        if reason is not None:
+            if reason not in self._warned:
+                self._warned.add(reason)
+                logger.warning("splice: decoding eagerly, not compiled: %s.", reason)
+            return self.model.generate(inputs, **generate_kwargs)
+        key = self.shape_key(inputs, generate_kwargs)
+        first = key not in self.compiled_shapes
+        if first and self.verbose:
+            batch, beams, length, dtype, device = key
+            print(
+                f"splice: compiling the decoding step (torch.compile mode={self.mode!r}, static cache) for batch "
+                f"{batch}, {beams} beam(s), length {length}, {dtype}, {device}; once per shape...",
+                flush=True,
+            )
+        start = time.perf_counter()
+        output = self.model.generate(
+            inputs, cache_implementation="static", compile_config=self.compile_config, **generate_kwargs
+        )
+        if first:
+            self.compiled_shapes[key] = time.perf_counter() - start
+            if self.verbose:
+                print(f"splice: compiled in {self.compiled_shapes[key]:.1f} s (later calls reuse it)", flush=True)
+        return output
