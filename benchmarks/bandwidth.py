@@ -16,10 +16,12 @@ those weights from memory. This script measures:
    teacher-forced on 8 more images: the fraction of positions whose argmax equals fp32's greedy token).
 
 Arms: transformers fp32, splice fp32, splice bf16, splice fp32 + int8 (the int8 layers take bf16 inputs), splice
-bf16 + int8 (the LM head and embeddings in bf16), the same with the LM head in int8 too (measured, not a default), and
-JAX fp32 (splice's Flax class, jit, unless `--no-jax`). Every arm loads the same checkpoint (bench.py's ViT + GPT-2 of
-`--size`, GPT-2's 50,257-token vocabulary, random weights redrawn so that greedy decoding varies); transformers and
-splice fp32 must produce identical ids (else the run aborts). Arms are timed interleaved, median of `--repeats`.
+bf16 + int8 (the LM head and embeddings in bf16), the same with the LM head in int8 too (measured, not a default),
+splice fp32 through the opt-in compiled decoding step (`CompiledDecoding`: static cache + `torch.compile`, compiled
+in the warm-up, its compile time reported apart), and JAX fp32 (splice's Flax class, jit, unless `--no-jax`); `--arms`
+picks some. Every arm loads the same checkpoint (bench.py's ViT + GPT-2 of `--size`, GPT-2's 50,257-token vocabulary,
+random weights redrawn so that greedy decoding varies); transformers fp32, splice fp32 and the compiled step must
+produce identical ids (else the run aborts). Arms are timed interleaved, median of `--repeats`.
 Timings are ratios within one run: compare nothing across runs on a shared machine.
 """
 
@@ -46,12 +48,14 @@ from bench import SIZES, abort, build_checkpoint, cpu_model, generate_kwargs, lo
 from torch import nn  # noqa: E402
 
 import splice  # noqa: E402
+from splice.models.compiled_step import CompiledDecoding  # noqa: E402
 from splice.precision import quantize  # noqa: E402
 
 BUFFER_BYTES = 512 * 2**20
 # Projections of the encoder states, computed once per `generate` and kept in the cache: not read per step.
 ONCE_PER_GENERATE = ("crossattention.c_attn",)
 AGREEMENT_IMAGES = 8
+REQUIRED_ARMS = ("transformers fp32", "splice fp32")  # the ratios' denominators
 
 
 def memory_bandwidth(repeats: int) -> dict[str, float]:
@@ -121,7 +125,23 @@ class JaxArm(Arm):
         return torch.from_numpy(np.asarray(self.model.generate(pixel_values.numpy(), **kwargs).sequences))
 
 
-def build_arms(directory: str, jax: bool, eos_for_jax: int) -> list[Arm]:
+class CompiledArm(Arm):
+    """splice fp32 through its opt-in compiled decoding step (`CompiledDecoding`: static cache + `torch.compile`); each
+    length is its own static-cache shape, so each compiles once, in the warm-up (timed apart)."""
+
+    def __init__(self, model: nn.Module, bytes_per_step: int) -> None:
+        super().__init__(
+            "splice fp32, compiled step (static cache + torch.compile)", model, torch.float32, bytes_per_step
+        )
+        self.compiled = CompiledDecoding(model)
+        self.compile_seconds = self.compiled.compiled_shapes
+
+    def generate(self, pixel_values: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.compiled.generate(pixel_values, **generate_kwargs(new_tokens))
+
+
+def build_arms(directory: str, jax: bool, eos_for_jax: int, only: set[str] | None = None) -> list[Arm]:
     def spliced(dtype: str | None = None, quantize: str | None = None) -> nn.Module:
         return splice.VisionEncoderDecoderModel.from_pretrained(directory, dtype=dtype, quantize=quantize).eval()
 
@@ -135,7 +155,9 @@ def build_arms(directory: str, jax: bool, eos_for_jax: int) -> list[Arm]:
         # Measured, not the default: the LM head in int8 too (by default it stays in the model's dtype).
         "splice bf16 + int8, LM head int8": (quantize(spliced("bf16"), "int8", include_lm_head=True), torch.bfloat16),
     }
+    models = {name: arm for name, arm in models.items() if only is None or name in only | set(REQUIRED_ARMS)}
     arms = [Arm(name, model, dtype, weight_bytes_per_step(model.decoder)) for name, (model, dtype) in models.items()]
+    arms.append(CompiledArm(spliced(), arms[1].bytes_per_step))
     if jax:
         arms.append(JaxArm(directory, eos_for_jax, arms[1].bytes_per_step))
     return arms
@@ -169,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ids8 = fp32.generate(images, **generate_kwargs(args.tokens))
         del fp32
         unused = sorted(set(range(50257)) - set(reference_ids.flatten().tolist()))[0]
-        arms = build_arms(directory, args.jax, unused)
+        arms = build_arms(directory, args.jax, unused, args.arms)
     for arm in arms:  # warm-up (JAX compiles here: timed apart), and the agreement columns
         for tokens in (1, args.tokens):
             start = time.perf_counter()
@@ -177,9 +199,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if isinstance(arm, JaxArm):
                 arm.compile_seconds[tokens] = time.perf_counter() - start
         arm.agreement = agreement(arm, reference_ids, image, images, ids8)
-    by_name = {arm.name: arm for arm in arms}
-    if by_name["transformers fp32"].agreement[0] != 1.0 or by_name["transformers fp32"].agreement[1] != 1.0:
-        abort("transformers fp32 and splice fp32 generate different ids")
+    for arm in arms:
+        exact = arm.name.startswith("transformers") or isinstance(arm, CompiledArm)
+        if exact and arm.agreement != (1.0, 1.0):
+            abort(f"{arm.name} and splice fp32 generate different ids (agreement {arm.agreement})")
     for _ in range(args.repeats):
         for tokens in (1, args.tokens):
             for arm in arms:
@@ -202,7 +225,8 @@ def report(arms: list[Arm], bandwidth: dict[str, float], args: argparse.Namespac
             "weight_mb_per_step": arm.bytes_per_step / 1e6,
             "bandwidth_fraction": arm.bytes_per_step / step / bandwidth["read"],
             "times": {str(t): v for t, v in arm.times.items()},
-            **({"compile_s": arm.compile_seconds} if isinstance(arm, JaxArm) else {}),
+            **({"compile_s": {str(k): v for k, v in arm.compile_seconds.items()}} if hasattr(arm, "compile_seconds")
+               else {}),
         })  # fmt: skip
     lines = [
         f"| mode | generate s | vs transformers fp32 | vs splice fp32 | token agreement (free / teacher-forced) | "
@@ -232,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per timed generate (at least 2)")
     parser.add_argument("--no-jax", dest="jax", action="store_false", help="leave out the JAX arm")
+    parser.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated arm names to run (transformers fp32, splice fp32 and the compiled "
+        "step always run); default: all",
+    )
     parser.add_argument("--output", default="benchmarks/bandwidth.json")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch and XLA threads (default: torch's); 1 on a busy machine"
@@ -243,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         flags = f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+    args.arms = None if args.arms is None else {name.strip() for name in args.arms.split(",")}
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (a step time is a difference of two lengths)")
     result = run(args)

@@ -360,14 +360,20 @@ def bench_train_step(size_name: str, directory: str, args: argparse.Namespace) -
 # -- (b) frozen encoder, two epochs ---------------------------------------------------------------------------------
 
 
+# What an optimizer trains, after freezing the rest of the model (the frozen-encoder rows: all but the encoder).
+Trainable = Callable[[nn.Module], list[nn.Parameter]]
+
+
 def freeze_encoder(model: nn.Module) -> list[nn.Parameter]:
     model.encoder.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def epochs_encoder_each_step(model: nn.Module, data: dict[str, torch.Tensor], device: torch.device) -> None:
+def epochs_encoder_each_step(
+    model: nn.Module, data: dict[str, torch.Tensor], device: torch.device, trainable: Trainable = freeze_encoder
+) -> None:
     """transformers: two epochs, the frozen encoder re-encodes every image at every step."""
-    optimizer = torch.optim.AdamW(freeze_encoder(model), lr=1e-5)
+    optimizer = torch.optim.AdamW(trainable(model), lr=1e-5)
     for _ in range(2):
         for i in range(0, len(data["labels"]), TRAIN_BATCH):
             batch = {k: v[i : i + TRAIN_BATCH].to(device) for k, v in data.items()}
@@ -376,9 +382,15 @@ def epochs_encoder_each_step(model: nn.Module, data: dict[str, torch.Tensor], de
             optimizer.zero_grad(set_to_none=True)
 
 
-def epochs_feature_cache(model: nn.Module, data: dict[str, torch.Tensor], device: torch.device, log: list) -> None:
+def epochs_feature_cache(
+    model: nn.Module,
+    data: dict[str, torch.Tensor],
+    device: torch.device,
+    log: list,
+    trainable: Trainable = freeze_encoder,
+) -> None:
     """splice: build a fresh FeatureCache (timed: fingerprint + one encoder pass), then two epochs reading it."""
-    optimizer = torch.optim.AdamW(freeze_encoder(model), lr=1e-5)
+    optimizer = torch.optim.AdamW(trainable(model), lr=1e-5)
     with tempfile.TemporaryDirectory(prefix="splice-bench-cache-") as directory:
         start = time.perf_counter()
         cache = FeatureCache(directory, model.encoder, batch_size=32)
