@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -160,21 +160,14 @@ def pretrain_clip(
     )  # fmt: skip
     model = CLIPModel(config).train()
     pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]  # [N, 3, S, S]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.clip_learning_rate, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.clip_learning_rate, settings.clip_steps)
-    generator = torch.Generator().manual_seed(seed)
-    loss = torch.tensor(float("nan"))
-    for step in range(settings.clip_steps):
+
+    def batch_loss(generator: torch.Generator) -> torch.Tensor:
         rows = torch.randperm(len(pixels), generator=generator)[: settings.clip_batch_size]
         texts = [captions[i][torch.randint(len(captions[i]), (1,), generator=generator).item()] for i in rows.tolist()]
         tokens = text_tokenizer(texts, padding=True, return_tensors="pt")
-        loss = model(**tokens, pixel_values=pixels[rows], return_loss=True).loss
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if step % 200 == 0:
-            print(f"CLIP step {step}/{settings.clip_steps}: contrastive loss {loss.item():.3f}", flush=True)
+        return model(**tokens, pixel_values=pixels[rows], return_loss=True).loss
+
+    loss = _fit(model, batch_loss, settings.clip_steps, settings.clip_learning_rate, 0.1, seed, "CLIP contrastive")
     model.eval()
     directory = Path(directory)
     model.save_pretrained(directory)
@@ -182,7 +175,7 @@ def pretrain_clip(
     processor.save_pretrained(directory)
     recall = image_to_text_recall(model, text_tokenizer, processor, held_out_images, held_out_captions)
     parameters = sum(p.numel() for p in model.parameters())
-    return recall | {"final_loss": loss.item(), "seconds": time.time() - start, "parameters": parameters}
+    return recall | {"final_loss": loss, "seconds": time.time() - start, "parameters": parameters}
 
 
 @torch.no_grad()
@@ -248,26 +241,45 @@ def pretrain_gpt2(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     model = GPT2LMHeadModel(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.gpt2_learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.gpt2_learning_rate, settings.gpt2_steps)
-    generator = torch.Generator().manual_seed(seed)
-    loss = torch.tensor(float("nan"))
-    for step in range(settings.gpt2_steps):
+
+    def batch_loss(generator: torch.Generator) -> torch.Tensor:
         rows = torch.randint(len(texts), (settings.gpt2_batch_size,), generator=generator).tolist()
-        loss = model(**_lm_batch(tokenizer, [texts[i] for i in rows])).loss
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if step % 200 == 0:
-            print(f"GPT-2 step {step}/{settings.gpt2_steps}: loss {loss.item():.3f}", flush=True)
+        return model(**_lm_batch(tokenizer, [texts[i] for i in rows])).loss
+
+    loss = _fit(model, batch_loss, settings.gpt2_steps, settings.gpt2_learning_rate, 0.01, seed, "GPT-2 language model")
     model.eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     parameters = sum(p.numel() for p in model.parameters())
     perplexity = held_out_perplexity(model, tokenizer, held_out_texts)
     seconds = time.time() - start
-    return {"perplexity": perplexity, "final_loss": loss.item(), "seconds": seconds, "parameters": parameters}
+    return {"perplexity": perplexity, "final_loss": loss, "seconds": seconds, "parameters": parameters}
+
+
+def _fit(
+    model: torch.nn.Module,
+    batch_loss: Callable[[torch.Generator], torch.Tensor],
+    steps: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+    name: str,
+) -> float:
+    """AdamW with a one-cycle learning rate for `steps` steps on the losses `batch_loss` draws; the last loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, steps)
+    generator = torch.Generator().manual_seed(seed)
+    loss = float("nan")
+    for step in range(steps):
+        value = batch_loss(generator)
+        value.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        loss = value.item()
+        if step % 200 == 0:
+            print(f"{name} step {step}/{steps}: loss {loss:.3f}", flush=True)
+    return loss
 
 
 def _lm_batch(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> dict[str, torch.Tensor]:
