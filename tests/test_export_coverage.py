@@ -81,11 +81,11 @@ def _donut() -> T.VisionEncoderDecoderModel:
 DONUT_LANGUAGE, DONUT_TASK = 57, 61  # a language code (forced first token) and a task-prompt token
 
 
-def _save(directory, model):
+def _save(directory, model, std: float = 0.4):
     if model.config.decoder_start_token_id is None:  # splice composites; transformers' checkpoints bring theirs
         model.config.decoder_start_token_id, model.config.pad_token_id = 1, 0
         model.generation_config.decoder_start_token_id = 1
-    randomize(model, seed=3, embedding_std=0.1)
+    randomize(model, seed=3, std=std, embedding_std=0.1)
     model.save_pretrained(str(directory))
     if getattr(model, "_processor", None) is not None:
         model._processor.save_pretrained(str(directory))
@@ -103,6 +103,10 @@ BUILDERS = {
     "donut": _donut,
 }
 
+# Donut at std 0.4 amplifies float rounding past the tolerance: on onnxruntime 1.20 (pyproject's floor) the encoder
+# states (scale 33) differ by 5e-5 and the logits by 1.6e-4, while the decoder graph alone is within 7e-6.
+WEIGHT_STD = {"donut": 0.2}
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -110,7 +114,7 @@ def exported(tmp_path_factory):
 
     def build(case: str):
         if case not in cache:
-            source = _save(tmp_path_factory.mktemp(case), BUILDERS[case]())
+            source = _save(tmp_path_factory.mktemp(case), BUILDERS[case](), WEIGHT_STD.get(case, 0.4))
             out = tmp_path_factory.mktemp(f"{case}-onnx")
             export_onnx(source, out, progress=None)  # its own check included
             cache[case] = load_model(source), OnnxSeq2Seq.from_pretrained(out)
