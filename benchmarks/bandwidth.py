@@ -141,7 +141,7 @@ class CompiledArm(Arm):
             return self.compiled.generate(pixel_values, **generate_kwargs(new_tokens))
 
 
-def build_arms(directory: str, jax: bool, eos_for_jax: int, only: set[str] | None = None) -> list[Arm]:
+def build_arms(directory: str, jax: bool, eos_for_jax: int, only: list[str] | None = None) -> list[Arm]:
     def spliced(dtype: str | None = None, quantize: str | None = None) -> nn.Module:
         return splice.VisionEncoderDecoderModel.from_pretrained(directory, dtype=dtype, quantize=quantize).eval()
 
@@ -155,7 +155,7 @@ def build_arms(directory: str, jax: bool, eos_for_jax: int, only: set[str] | Non
         # Measured, not the default: the LM head in int8 too (by default it stays in the model's dtype).
         "splice bf16 + int8, LM head int8": (quantize(spliced("bf16"), "int8", include_lm_head=True), torch.bfloat16),
     }
-    models = {name: arm for name, arm in models.items() if only is None or name in only | set(REQUIRED_ARMS)}
+    models = {name: arm for name, arm in models.items() if only is None or name in {*only, *REQUIRED_ARMS}}
     arms = [Arm(name, model, dtype, weight_bytes_per_step(model.decoder)) for name, (model, dtype) in models.items()]
     arms.append(CompiledArm(spliced(), arms[1].bytes_per_step))
     if jax:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         flags = f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
-    args.arms = None if args.arms is None else {name.strip() for name in args.arms.split(",")}
+    args.arms = None if args.arms is None else sorted({name.strip() for name in args.arms.split(",")})
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (a step time is a difference of two lengths)")
     result = run(args)
