@@ -1,11 +1,12 @@
 """Reduced precision on trained models: token agreement with fp32 and the demos' held-out metrics, per mode.
 
-Run: `python benchmarks/precision_quality.py --shapes DIR --ocr DIR [--batch-size 50] [--output PATH]`, where DIR is a
+Run: `python benchmarks/precision_quality.py --shapes DIR --ocr DIR [--batch-size 16] [--output PATH]`, where DIR is a
 model saved by `splice demo` (shapes) or `splice demo --task ocr`. Either may be left out.
 
 Modes (splice/precision.py): fp32, bf16, fp32 + int8, bf16 + int8 (LM head and embeddings in the model's dtype), and
 bf16 + int8 with the LM head in int8 too (measured, not a default). Each loads the same directory and decodes the
-demo's own held-out set greedily, in batches, with the demo's generation settings:
+demo's own held-out set greedily, with the demo's generation settings, in batches of `--batch-size` (16: decoding steps
+then take the int8 kernel, as at batch 1; an encoder pass and larger batches multiply the dequantized weight instead):
 
 - shapes: the 200 held-out scenes of `splice demo` (seed 1), scored with CIDEr / BLEU-4 against all 5 references
   and the slot accuracies (`splice.data.slots`: colour, shape, place / relation, whole caption right);
@@ -153,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", help="a model saved by `splice demo`")
     parser.add_argument("--ocr", help="a model saved by `splice demo --task ocr`")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="rows per generate (at most 16: decoding steps take the int8 kernel)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N held-out items (smoke test)")
     parser.add_argument("--output", default=None, help="write every number as JSON here")
     args = parser.parse_args(argv)
