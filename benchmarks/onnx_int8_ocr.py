@@ -46,7 +46,7 @@ def held_out(n: int) -> tuple[list, list[str]]:
 def run(runtime: OnnxSeq2Seq, images: list) -> tuple[list[np.ndarray], float]:
     rows, start = [], time.perf_counter()
     for at in range(0, len(images), BATCH):
-        feed = {"pixel_values": runtime._image_processor_or_load()(images[at : at + BATCH])}
+        feed = {"pixel_values": runtime.image_processor(images[at : at + BATCH])}
         rows += list(runtime.generate(feed))
     return rows, time.perf_counter() - start
 
@@ -93,7 +93,7 @@ def main() -> None:
             runtimes[name] = OnnxSeq2Seq.from_pretrained(folder, quantized=True, threads=args.threads)
         results = {name: run(runtime, images) for name, runtime in runtimes.items()}
         with torch.no_grad():
-            pixels = torch.from_numpy(fp32._image_processor_or_load()(images))
+            pixels = torch.from_numpy(fp32.image_processor(images))
             torch_rows = [model.generate(pixels[at : at + BATCH]).numpy() for at in range(0, len(images), BATCH)]
         torch_rows = [row for rows in torch_rows for row in rows]
         torch_equal = all(np.array_equal(generated(a, eos), generated(b, eos))

@@ -233,7 +233,7 @@ class OnnxSeq2Seq:
         `prompts`: one decoder prompt per image, left-padded in one batch and stripped from the text. A SmallCap
         export builds them as `SmallCapModel.caption` does: from `retrieved_captions` (per image, its captions or
         `None`), else the no-retrieval prompt."""
-        feed = {"pixel_values": self._image_processor_or_load()(images)}
+        feed = {"pixel_values": self.image_processor(images)}
         settings = self.manifest.get("decoder_prompt")
         if prompts is None and settings is not None:
             retrieved = retrieved_captions or [None] * len(feed["pixel_values"])
@@ -257,7 +257,9 @@ class OnnxSeq2Seq:
             mask[i, width - len(row) :] = 1
         return {"decoder_input_ids": ids, "decoder_attention_mask": mask}
 
-    def _image_processor_or_load(self) -> Any:
+    @property
+    def image_processor(self) -> Any:
+        """The image processor saved with the export (`splice_onnx.processing.ImageProcessor`), loaded on first use."""
         from .processing import ImageProcessor
 
         if self._image_processor is None:

@@ -57,7 +57,7 @@ def test_caption_matches_pytorch(exported, model):
     runtime = OnnxCaptioner.from_pretrained(exported)
     processor = model.processor
     reference = processor(images=IMAGES)["pixel_values"].numpy()
-    pixels = runtime._image_processor_or_load()(IMAGES)
+    pixels = runtime.image_processor(IMAGES)
     np.testing.assert_allclose(pixels, reference, atol=1e-5)
     for num_beams in (1, 3):
         expected = model.caption(IMAGES, num_beams=num_beams, max_new_tokens=8)

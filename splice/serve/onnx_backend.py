@@ -153,7 +153,7 @@ class OnnxBackend:
             )
         self.task = "caption" if main == "pixel_values" else "generate"
         self.tokens = OnnxTokens(model.tokenizer)
-        self.image_processor = model._image_processor_or_load() if self.task == "caption" else None
+        self.image_processor = model.image_processor if self.task == "caption" else None
         limit = decoder_position_limit(model.config.get("decoder", {}))
         self.max_new_tokens = min(MAX_NEW_TOKENS, limit - 1) if limit else MAX_NEW_TOKENS
         # SmallCap: prompts from the datastore's captions (without one: the no-retrieval prompt)
