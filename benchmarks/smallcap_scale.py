@@ -76,6 +76,8 @@ def build_pair() -> tuple[nn.Module, nn.Module, set[str]]:
     )
     reduce_gpt2_cross_attention(reference.decoder, REDUCE_FACTOR)
     reference.load_state_dict(spliced.state_dict(), strict=True)
+    for config in (reference.config, spliced.config):  # labels are shifted right from GPT-2's <|endoftext|>
+        config.decoder_start_token_id = config.pad_token_id = GPT2_BOS
     trainable = {name for name, param in spliced.named_parameters() if param.requires_grad}
     return reference.train(), spliced.train(), trainable
 
