@@ -1,11 +1,12 @@
 """FSDP (PyTorch's FSDP2, `fully_shard`) through accelerate, on GPUs and on CPU processes (gloo).
 
 `accelerate launch --config_file configs/accelerate_fsdp.yaml -m splice.cli train ...` asks for FSDP (so does
-Trainer's `fsdp` argument). accelerate 1.16 selects FSDP only on an accelerator: on CPU processes its state stays
-`MULTI_CPU`, the FSDP plugin is dropped and the model is wrapped in DDP, without a word (`AcceleratorState.__init__`
-switches to `DistributedType.FSDP` only from `MULTI_GPU`/`MULTI_XPU`/...). PyTorch's FSDP2 itself runs on CPU with
-gloo, so [`enable_on_cpu`] makes on CPU the selection accelerate makes on a GPU; accelerate then shards the model
-(`fsdp2_prepare_model`) and saves / loads the optimizer state (`save_fsdp_optimizer`) as it does anywhere.
+Trainer's `fsdp` argument). accelerate (1.7 to 1.16, the tested range) selects FSDP only on an accelerator: on CPU
+processes its state stays `MULTI_CPU`, the FSDP plugin is dropped and the model is wrapped in DDP, without a word
+(`AcceleratorState.__init__` switches to `DistributedType.FSDP` only from `MULTI_GPU`/`MULTI_XPU`/...). PyTorch's
+FSDP2 itself runs on CPU with gloo, so [`enable_on_cpu`] makes on CPU the selection accelerate makes on a GPU;
+accelerate then shards the model (`fsdp2_prepare_model`) and saves / loads the optimizer state (`save_fsdp_optimizer`)
+as it does anywhere.
 
 The weights a checkpoint holds as they live (`splice_weights.safetensors`, see `training.trainer`) are the full,
 gathered ones ([`gather_weights`]: a collective, every process calls it), loaded back into the shards on `--resume`
