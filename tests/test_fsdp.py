@@ -1,7 +1,7 @@
 """FSDP through accelerate (`configs/accelerate_fsdp.yaml`) on 2 CPU processes (gloo), slow: the per-step losses and
 the final weights equal one process's with the same global batch, seed and data, and a checkpoint of the sharded run
 resumes exactly (the standard of test_resume.py). The README's multi-machine commands (accelerate FSDP, torchrun DDP)
-run as two "machines" of one process each on loopback and give the same weights.
+run as two "machines" of one process each on loopback and give the same weights. FSDP1 is refused (fast).
 
 Tolerances: the sharded run computes the same float32 sums in another order (each process reduces its half batch,
 gradients are averaged by reduce-scatter), so results agree to rounding, not bit for bit: measured |loss difference|
@@ -20,12 +20,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from accelerate.utils import FullyShardedDataParallelPlugin
 from test_resume import final_weights, max_difference
 from tiny import cli_decoder, cli_encoder
 
 from splice.cli import main
-
-pytestmark = pytest.mark.slow  # launches of two processes each
+from splice.training.config import ConfigError
+from splice.training.fsdp import require_fsdp2
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate_fsdp.yaml"
 # No dropout: its masks come from each process's random stream, which two processes draw differently from one.
@@ -76,6 +77,7 @@ def assert_sharded(output_dir: Path) -> None:
     assert not (output_dir / "checkpoint-2" / "optimizer.pt").exists()
 
 
+@pytest.mark.slow  # launches of two processes each (`-m slow`, .ci/run's own step)
 def test_fsdp_on_two_cpu_processes_equals_one_process_and_its_checkpoint_resumes_exactly(tmp_path, one_process):
     launch_fsdp(tmp_path / "fsdp")
     assert_sharded(tmp_path / "fsdp")
@@ -105,6 +107,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["accelerate-fsdp", "torchrun-ddp"])
 def test_two_machines_on_loopback_equal_one_process(tmp_path, one_process, engine):
     def machine(rank: int, port: int) -> list[str]:  # the README's commands, one process a machine
@@ -122,3 +125,9 @@ def test_two_machines_on_loopback_equal_one_process(tmp_path, one_process, engin
     difference = max_difference(final_weights(tmp_path / "run"), final_weights(one_process))
     print(f"{engine}, 2 machines on loopback vs 1 process: max |weight difference| = {difference:.3g}")
     assert difference <= 1e-5  # the tolerance of the test above, for the same reason
+
+
+def test_fsdp1_is_refused_naming_the_setting_and_the_fix():
+    require_fsdp2(FullyShardedDataParallelPlugin(fsdp_version=2))
+    with pytest.raises(ConfigError, match=r"fsdp_version=1: splice trains with FSDP2 only; set fsdp_version: 2"):
+        require_fsdp2(FullyShardedDataParallelPlugin(fsdp_version=1))

@@ -44,19 +44,11 @@ def enable_on_cpu(accelerator: Accelerator, args: Any) -> bool:
 
     Returns:
         Whether FSDP is now on (`False`: not asked for, or not on CPU processes, where accelerate decides alone).
-
-    Raises:
-        `ConfigError`: `fsdp_version: 1` (FSDP1 needs a device stream; FSDP2 is what runs on CPU).
     """
     if not requested(args) or accelerator.distributed_type != DistributedType.MULTI_CPU:
         return False
     plugin_args = args.fsdp_plugin_args or {}
     plugin = FullyShardedDataParallelPlugin(**plugin_args)
-    if plugin.fsdp_version != 2:
-        raise ConfigError(
-            f"fsdp_version={plugin.fsdp_version}: on CPU processes splice trains with FSDP2 only; set fsdp_version: 2 "
-            "in the accelerate config (configs/accelerate_fsdp.yaml) or fsdp_config={'version': 2}."
-        )
     state = accelerator.state
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
@@ -64,6 +56,20 @@ def enable_on_cpu(accelerator: Accelerator, args: Any) -> bool:
     state.fsdp_plugin = plugin
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # accelerate keeps the two states agreeing
     return True
+
+
+def require_fsdp2(plugin: FullyShardedDataParallelPlugin) -> None:
+    """Refuse FSDP1: splice gathers and loads checkpoint weights by the model's own parameter names, which FSDP1's
+    flat-parameter wrappers change (transformers deprecates FSDP1 too).
+
+    Raises:
+        `ConfigError`: naming the setting and the fix.
+    """
+    if plugin.fsdp_version != 2:
+        raise ConfigError(
+            f"fsdp_version={plugin.fsdp_version}: splice trains with FSDP2 only; set fsdp_version: 2 in the accelerate "
+            "config (as configs/accelerate_fsdp.yaml does) or fsdp_config={'version': 2}."
+        )
 
 
 def tied_names(model: nn.Module) -> list[list[str]]:

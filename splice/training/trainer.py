@@ -47,10 +47,12 @@ class SpliceTrainer(Seq2SeqTrainer):
         self.processor = processor
 
     def create_accelerator_and_postprocess(self) -> None:
-        """transformers' accelerator; FSDP asked for on CPU processes is selected (see `training.fsdp`)."""
+        """transformers' accelerator; FSDP asked for on CPU processes selected (`training.fsdp`), FSDP1 refused."""
         super().create_accelerator_and_postprocess()
         if not self.is_fsdp_enabled:
             self.is_fsdp_enabled = fsdp.enable_on_cpu(self.accelerator, self.args)
+        if self.is_fsdp_enabled:
+            fsdp.require_fsdp2(self.accelerator.state.fsdp_plugin)
 
     def compute_loss(self, model: nn.Module, inputs: dict, *args: Any, **kwargs: Any) -> Any:
         """transformers' loss; under `bf16` on a CPU, with `scaled_dot_product_attention` on the math kernel: the fused
