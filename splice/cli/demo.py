@@ -166,7 +166,7 @@ def run_demo(
     Train, evaluate, save and caption samples.
 
     Args:
-        task: `"shapes"` or `"ocr"`.
+        task: `"shapes"`, `"ocr"` or `"smallcap"` (`training.smallcap_demo`: only `output_dir` and `quick` apply).
         output_dir: where the model goes (default `splice-demo-<task>`).
         quick: a few steps on a handful of samples (a smoke test, not a useful model).
         ocr: the OCR demo's settings (default [`OCR_DEMO`]), e.g. a smaller variant.
