@@ -6,7 +6,7 @@
 For each held-out pair scene (the demo's: `builtin:shapes`, `seed` 1, `n_eval` 200) it reports
 
 - greedy: which shape the generated caption names first (the left / upper one, or the other) and how often each order
-  comes out swapped (the relation said does not match the order named);
+  comes out swapped (the relation said does not match the order named), for left-right and above-below pairs;
 - forced: the caption's first shape fixed by the scene's truth, left (upper) first or the other first, in the
   canonical frame `"a {first} {relation} a {second}"`; the relation scored highest of the four (summed log-probability
   of the whole caption) is right or not. A decoder that can read where the shape it named is says the right relation
@@ -25,6 +25,8 @@ from splice.data.builtin import RELATIONS
 from splice.data.slots import parse_shapes_caption
 from splice.inference import generate_for_records
 from splice.training.pipeline import load_records
+
+AXES = {"to the left of": "left-right", "above": "above-below"}  # a pair's canonical relation -> its axis
 
 
 def caption_log_probs(model, pixel_values: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -65,21 +67,23 @@ def main() -> None:
     ]
     processor = model.processor
     captions = generate_for_records(model, records, processor.tokenizer, processor.image_processor, 50)
-    greedy = {"low first": [0, 0], "high first": [0, 0]}  # [captions, swapped]
-    forced = {"low first": 0, "high first": 0}
+    greedy = {(o, a): [0, 0] for o in ("low first", "high first") for a in AXES.values()}  # [captions, swapped]
+    forced = {(o, a): [0, 0] for o in ("low first", "high first") for a in AXES.values()}  # [pairs, right]
     for caption, record in zip(captions, records):
         slots, guess = record["slots"], parse_shapes_caption(caption)
+        axis = AXES[slots.where]
         named = [w for w in caption.split() if w in {c for c, _ in slots.objects}]
         if guess is not None and len(guess.objects) == 2 and guess.where == slots.where and len(set(named)) == 2:
             order = "low first" if named[0] == slots.objects[0][0] else "high first"
-            greedy[order][0] += 1
-            greedy[order][1] += guess.objects[0][0] != slots.objects[0][0]
+            greedy[order, axis][0] += 1
+            greedy[order, axis][1] += guess.objects[0][0] != slots.objects[0][0]
         for order, right in forced_relations(model, record["image"], slots).items():
-            forced[order] += right
+            forced[order, axis][0] += 1
+            forced[order, axis][1] += right
     result = {
         "pairs": len(records),
-        "greedy": {order: {"captions": n, "swapped": s} for order, (n, s) in greedy.items()},
-        "forced relation right": {order: round(n / len(records), 3) for order, n in forced.items()},
+        "greedy (captions, swapped)": {f"{o}, {a}": v for (o, a), v in greedy.items()},
+        "forced relation right": {f"{o}, {a}": round(r / n, 3) for (o, a), (n, r) in forced.items()},
     }
     print(json.dumps(result, indent=1))
 
