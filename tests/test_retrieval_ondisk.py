@@ -65,10 +65,11 @@ def batches(size: int):
         yield CAPTIONS[start : start + size], GROUPS[start : start + size]
 
 
-def test_auto_rule_is_flat_up_to_the_limit_then_ivf_pq():
+def test_auto_rule_is_flat_up_to_the_limit_then_ivf_sq8():
     assert choose_index(1000, 384, flat_limit=1000) == "Flat"
-    assert choose_index(1001, 384, flat_limit=1000) == "IVF16,PQ96x4"  # few keys: fewer lists and bits
-    assert choose_index(1_000_000, 384) == "IVF1024,PQ96" and choose_index(4_000_000, 512) == "IVF2048,PQ128"
+    assert choose_index(1001, 384, flat_limit=1000) == "IVF16,SQ8"  # few keys: at least 39 per list
+    assert choose_index(1_000_000, 384) == "IVF1024,SQ8" and choose_index(4_000_000, 512) == "IVF2048,SQ8"
+    assert choose_index(1001, 384, "ivfpq") == "IVF16,PQ96x4" and choose_index(10**6, 384, "ivfpq") == "IVF1024,PQ96"
     assert choose_index(1_000_000, 384, "ivfflat") == "IVF1024,Flat" and choose_index(10, 384, "flat") == "Flat"
     assert choose_index(10, 384, "IVF8,SQ8") == "IVF8,SQ8"  # a factory string is passed through
     # The command line keeps its own copies (to stay light for --help).
@@ -79,9 +80,8 @@ def test_build_picks_flat_below_and_ivf_above_an_injected_limit(tmp_path):
     small = build_datastore(batches(50), EMBEDDER, tmp_path / "small", flat_limit=len(CAPTIONS), progress=False)
     large = build_datastore(batches(50), EMBEDDER, tmp_path / "large", flat_limit=len(CAPTIONS) - 1, progress=False)
     assert small["index"] == "Flat" and not (tmp_path / "small" / "index.ivfdata").exists()
-    assert (
-        large["index"].startswith("IVF") and ",PQ" in large["index"] and (tmp_path / "large" / "index.ivfdata").exists()
-    )
+    assert large["index"].startswith("IVF") and large["index"].endswith(",SQ8")
+    assert (tmp_path / "large" / "index.ivfdata").exists()
     assert small["count"] == large["count"] == len(CAPTIONS) and large["max_group_size"] == GROUPS.count("circle")
 
 

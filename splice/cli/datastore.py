@@ -14,7 +14,7 @@ from ..training.config import ConfigError
 # Copies of `splice.retrieval.KEY_KINDS`, `INDEX_KINDS` and `FLAT_LIMIT` (importing `splice.retrieval` loads torch and
 # faiss for `--help`); a test keeps them equal.
 KEY_KINDS = ("text", "image")
-INDEX_KINDS = ("auto", "flat", "ivfpq", "ivfflat")
+INDEX_KINDS = ("auto", "flat", "ivfsq", "ivfpq", "ivfflat")
 FLAT_LIMIT = 262_144
 
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--index",
         default="auto",
         help=f"{' | '.join(INDEX_KINDS)} | a FAISS index_factory string (e.g. 'IVF4096,PQ64'); auto: exact (flat) up "
-        "to --flat-limit keys, else IVF-PQ with its lists on disk",
+        "to --flat-limit keys, else IVF-SQ8 (IVF lists of 8-bit keys) on disk",
     )
     build.add_argument("--flat-limit", type=at_least_one, default=FLAT_LIMIT, help="the most keys auto keeps exact")
     build.add_argument("--keep-vectors", action="store_true", help="keep the keys as vectors.f32 beside the index")

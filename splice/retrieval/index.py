@@ -1,10 +1,10 @@
 """The FAISS index of a datastore: chosen by size, trained on a sample, filled in chunks, kept on disk.
 
 The rule ([`choose_index`], `--index auto`): up to `FLAT_LIMIT` keys an exact flat index (`"Flat"`); above it an
-inverted file with product-quantised codes, `"IVF{nlist},PQ{m}"`: `nlist` lists, the power of two nearest to `√N`
-(at most `N / 39`: FAISS's k-means wants 39 points per list), and `m = D / 4` bytes of code per key (a sub-quantiser
-per 4 dimensions), searched with `nprobe = nlist / 16` lists per query. `--index` names another kind (`flat`, `ivfpq`,
-`ivfflat`) or any FAISS `index_factory` string.
+inverted file with 8-bit scalar-quantised keys, `"IVF{nlist},SQ8"`: `nlist` lists, the power of two nearest to `√N`
+(at most `N / 39`: FAISS's k-means wants 39 points per list), `D` bytes per key (a quarter of float32), searched with
+`nprobe = nlist / 16` lists per query. `--index` names another kind (`flat`, `ivfsq`, `ivfpq`: `D / 4` bytes per key
+but far slower to train, `ivfflat`: exact keys) or any FAISS `index_factory` string.
 
 [`build_index`] reads the keys from a raw float32 file (`vectors.f32`, `[N, D]`) in chunks: it trains on a random
 sample, fills an IVF index shard by shard and merges the shards into on-disk inverted lists (`index.ivfdata`,
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 INDEX_NAME = "index.faiss"
 IVFDATA_NAME = "index.ivfdata"
 FLAT_LIMIT = 262_144  # 2**18 keys: a flat search of 2**18 x 512 float32 keys (512 MiB) still takes tens of ms
-INDEX_KINDS = ("auto", "flat", "ivfpq", "ivfflat")
+INDEX_KINDS = ("auto", "flat", "ivfsq", "ivfpq", "ivfflat")
 TRAIN_POINTS_PER_LIST = 39  # below this FAISS's k-means warns that it has too few points
 MIN_TRAIN_POINTS = 65_536  # PQ's 256 centroids per sub-quantiser want ~39 x 256 points; IVF's lists more
 SHARD_ROWS = 1 << 20  # keys per IVF shard written before the on-disk merge (its codes are held in memory)
@@ -51,23 +51,23 @@ def choose_index(count: int, dim: int, kind: str = "auto", flat_limit: int = FLA
     Args:
         count (`int`): keys in the datastore.
         dim (`int`): their dimension.
-        kind (`str`, *optional*, defaults to `"auto"`): `"auto"` (flat up to `flat_limit` keys, else `"ivfpq"`),
-            `"flat"`, `"ivfpq"`, `"ivfflat"`, or a FAISS factory string (returned as it is).
+        kind (`str`, *optional*, defaults to `"auto"`): `"auto"` (flat up to `flat_limit` keys, else `"ivfsq"`),
+            `"flat"`, `"ivfsq"`, `"ivfpq"`, `"ivfflat"`, or a FAISS factory string (returned as it is).
         flat_limit (`int`, *optional*, defaults to `FLAT_LIMIT`): the most keys `"auto"` indexes exactly.
 
     Returns:
-        `str`: e.g. `"Flat"` or `"IVF1024,PQ96"`.
+        `str`: e.g. `"Flat"` or `"IVF1024,SQ8"`.
     """
     if kind == "auto":
-        kind = "flat" if count <= flat_limit else "ivfpq"
+        kind = "flat" if count <= flat_limit else "ivfsq"
     if kind == "flat":
         return "Flat"
     if kind not in INDEX_KINDS:
         return kind  # a factory string, checked by FAISS when built
     most = max(1, count // TRAIN_POINTS_PER_LIST)
     nlist = 2 ** min(round(math.log2(math.sqrt(count))), int(math.log2(most)))
-    if kind == "ivfflat":
-        return f"IVF{nlist},Flat"
+    if kind in ("ivfflat", "ivfsq"):
+        return f"IVF{nlist},{'Flat' if kind == 'ivfflat' else 'SQ8'}"
     m = max(d for d in range(1, dim // 4 + 1) if dim % d == 0) if dim >= 4 else dim  # a divisor of dim near dim / 4
     # 8-bit codes want 39 x 256 training points per sub-quantiser; small datastores get fewer bits.
     bits = max(1, min(8, int(math.log2(max(2, count // TRAIN_POINTS_PER_LIST)))))
