@@ -42,15 +42,21 @@ def _stripped_lines(batch: Any) -> dict[str, Any]:
     return {"caption": np.array(captions, dtype=object)}
 
 
+# Reading is I/O, not a CPU of its own: the embedding actors hold the CPUs, and reads that waited for one would wait
+# for the actors, which wait for the reads.
+LIGHT = {"num_cpus": 0}
+
+
 def _read(captions: Path) -> Any:
     """The corpus as a Ray dataset with a `caption` column (and `group`, when the file has one)."""
     data = import_ray().data
     if captions.suffix == ".txt":
-        return data.read_text(str(captions)).map_batches(_stripped_lines, batch_format="pyarrow")
+        lines = data.read_text(str(captions), **LIGHT)
+        return lines.map_batches(_stripped_lines, batch_format="pyarrow", **LIGHT)
     if captions.suffix == ".jsonl":
-        return data.read_json(str(captions), lines=True)
+        return data.read_json(str(captions), lines=True, **LIGHT)
     if captions.suffix == ".parquet":
-        return data.read_parquet(str(captions))
+        return data.read_parquet(str(captions), **LIGHT)
     raise ValueError(f"captions {str(captions)!r}: must be a .txt, .jsonl or .parquet file")
 
 
