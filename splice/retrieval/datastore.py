@@ -247,7 +247,8 @@ class Datastore:
 
         results: list[list[str]] = [[] for _ in queries]
         pending = np.arange(len(queries))
-        fetch = k + (self.max_group_size if exclude_groups is not None else 0)
+        # One past k, so that the k-th hit is known not to tie with an unfetched key without a second search.
+        fetch = k + 1 + (self.max_group_size if exclude_groups is not None else 0)
         # Equal scores (e.g. the captions of one image under image keys) are ordered by key, and may continue past the
         # fetched hits; scores are compared at 1e-5, so BLAS rounding in batched queries cannot reorder them.
         while pending.size:
