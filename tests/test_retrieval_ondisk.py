@@ -208,3 +208,34 @@ def test_a_fresh_process_loads_and_queries_the_mapped_index(tmp_path):
         check=True,
     )
     assert json.loads(done.stdout) == expected  # FAISS's on-disk messages go to stderr, stdout stays JSON
+
+
+def test_cli_builds_the_index_asked_for_and_queries_it_with_nprobe(clip_dir, tmp_path, capsys):
+    from splice.cli import main
+
+    rows = [{"caption": c, "group": g} for c, g in zip(CAPTIONS, GROUPS)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    build = ["datastore", "build", "--captions", str(tmp_path / "c.jsonl"), "--embedder", str(clip_dir)]
+    main([*build, "--output", str(tmp_path / "ivf"), "--index", "ivfflat", "--keep-vectors"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["index"].startswith("IVF") and summary["count"] == len(CAPTIONS)
+    assert (tmp_path / "ivf" / "vectors.f32").stat().st_size == len(CAPTIONS) * summary["dim"] * 4
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    main(["datastore", "query", str(tmp_path / "ivf"), str(tmp_path / "red.png"), "--k", "3", "--nprobe", "64"])
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    exact = Datastore.build(CAPTIONS, Embedder.from_pretrained(str(clip_dir), device="cpu"))
+    assert line["captions"] == exact.retrieve_for_images([tmp_path / "red.png"], 3)[0]  # every list searched: exact
+    with pytest.raises(ValueError, match=r"--index ivfpq builds text keys from a caption file"):
+        main(
+            [
+                *build[:3],
+                "builtin:shapes",
+                *build[4:],
+                "--keys",
+                "image",
+                "--output",
+                str(tmp_path / "x"),
+                "--index",
+                "ivfpq",
+            ]
+        )
