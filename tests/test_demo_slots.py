@@ -130,13 +130,17 @@ def test_builtin_shapes_records_carry_their_slots():
     assert "slots" not in load_records("builtin:ocr", "ocr", 1, seed=0, image_size=None)[0]
 
 
-@pytest.mark.slow  # the full shapes demo (minutes): the README's main job names shapes well above chance
+@pytest.mark.slow  # the full shapes demo (minutes): the README's main job names the shapes and their places
 def test_full_shapes_demo_names_the_shapes(tmp_path, capsys):
     from splice.cli.demo import run_demo
 
     metrics = run_demo("shapes", str(tmp_path))
-    # Measured 0.882 / 0.99 / 0.885 with the grid encoder (benchmarks/README.md, shapes demo); the ResNet before it:
-    # 0.659 / 0.99 / 0.63; the first demo's ViT: 0.30 / 0.38 / 0.04. Issue 24's target for whole captions is 0.95:
-    # about one pair in five is still named the wrong way round.
-    assert metrics["slot_shape"] >= 0.8 and metrics["slot_where"] >= 0.95 and metrics["slot_sample"] >= 0.8, metrics
-    assert "slot accuracy" in capsys.readouterr().out
+    # Measured with pairs named in reading order (benchmarks/README.md, shapes demo): colour / shape / place-relation /
+    # whole captions 0.997 / 1.000 / 0.995 / 0.995 (seed 0) and 1.000 / 1.000 / 0.995 / 0.995 (seed 1, its own
+    # held-out scenes). Pairs in either order gave 0.849 / 0.882 / 0.990 / 0.885 (24 of 105 pairs swapped); the
+    # ResNet 0.613 / 0.659 / 0.990 / 0.63; the first demo's ViT 0.64 / 0.30 / 0.38 / 0.04. The floors leave room for
+    # another CPU's bf16 arithmetic or thread count (about 5 captions in 200) and still fail on the swaps.
+    assert metrics["slot_colour"] >= 0.97 and metrics["slot_shape"] >= 0.97, metrics
+    assert metrics["slot_where"] >= 0.97 and metrics["slot_sample"] >= 0.95, metrics
+    printed = capsys.readouterr().out
+    assert "slot accuracy" in printed and printed.count("slots right") >= 3, printed  # the 4 printed samples
