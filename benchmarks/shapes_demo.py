@@ -10,9 +10,10 @@
 Each row trains from random weights with `run_demo("shapes", shapes=<config>)` and reports the held-out slot accuracy
 (colour, shape, place/relation, every slot of a caption; `splice.data.slots`), CIDEr and BLEU-4 against all five
 references, the count of each kind of error on the held-out scenes (`error_kind`: swapped pair, wrong shape, ...; with
-`--captions DIR` every held-out caption too), and the wall time and CPU time of the row. Timings depend on the machine and on what else runs on it:
-note the core count and load with the numbers. `benchmarks/shapes_probe.py` asks the narrower question (can an encoder
-learn shape identity at all in this budget) without a decoder.
+`--captions DIR` every held-out caption too), and the wall time and CPU time of the row. Timings depend on the
+machine and on what else runs on it: note the core count and load with the numbers. `benchmarks/shapes_probe.py` asks
+the narrower question (can an encoder learn shape identity at all in this budget) without a decoder;
+`benchmarks/shapes_pairs.py` asks which shape a trained model names first and whether it says the right relation.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def held_out_errors(config, output_dir: str) -> tuple[collections.Counter, list[
 
 
 def run_row(name: str, small: bool = False, captions_dir: str | None = None, seed: int = 0) -> dict:
-    config = dataclasses.replace(DEMOS["shapes"], **ROWS[name], **(SMALL if small else {}), seed=seed)
+    config = dataclasses.replace(DEMOS["shapes"], **ROWS[name] | (SMALL if small else {}), seed=seed)
     with tempfile.TemporaryDirectory() as output_dir:
         start, cpu = time.time(), time.process_time()
         metrics = run_demo("shapes", output_dir, shapes=config)
