@@ -89,3 +89,9 @@ def int8pack_mm_dtype(rows: torch.Tensor, weight_int8: torch.Tensor) -> torch.dt
     if rows.dtype == torch.float32:
         return torch.bfloat16 if aligned else torch.float32
     return torch.float16 if rows.dtype == torch.float16 else None
+
+
+def faiss_mapped_flat_flag(faiss: Any) -> int:
+    """The `faiss.read_index` flag that maps a flat index's vectors from its file instead of reading them into memory:
+    `IO_FLAG_MMAP_IFC`, which FAISS 1.9 (the floor) lacks and 1.15 has; without it (0) a flat index is read."""
+    return getattr(faiss, "IO_FLAG_MMAP_IFC", 0)

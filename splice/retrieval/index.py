@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._compat import faiss_mapped_flat_flag
+
 INDEX_NAME = "index.faiss"
 IVFDATA_NAME = "index.ivfdata"
 FLAT_LIMIT = 262_144  # 2**18 keys: a flat search of 2**18 x 512 float32 keys (512 MiB) still takes tens of ms
@@ -183,7 +185,7 @@ def read_index(directory: str | os.PathLike, factory: str | None = None, nprobe:
                 f"datastore file {str(directory / name)!r} is missing; copy the whole datastore directory, or "
                 "rebuild it with `splice datastore build`"
             )
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ivf else (0 if factory is None else faiss.IO_FLAG_MMAP_IFC)
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ivf else (0 if factory is None else faiss_mapped_flat_flag(faiss))
     path = directory / INDEX_NAME
     try:
         with _faiss_prints_to_stderr():
