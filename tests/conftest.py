@@ -54,6 +54,18 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster sized for CI (2 CPUs, a 200 MB object store, one thread per worker), one per test module:
+    start-up takes seconds, so tests of a module share it."""
+    import ray  # the `ray` extra; imported only by the modules that use the cluster
+
+    ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def bert_tokenizer_vocab(tmp_path_factory) -> str:
     return write_bert_vocab(str(tmp_path_factory.mktemp("bert-vocab")))
 

@@ -8,23 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from splice.cli import main
 from splice.retrieval import Datastore, Embedder
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "left", "right", "top", "small", "big"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
-    yield
-    ray.shutdown()
 
 
 def _build(captions: str, embedder: str, output: str, *flags: str) -> dict:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 from serve_tiny import image, save_captioner
 
 from splice.cli import main
@@ -15,15 +14,7 @@ from splice.export import export_onnx
 from splice.scale.captioning import Options, caption_on_ray, read_output
 from splice.training.config import ConfigError
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import time
 
 import httpx
 import pytest
-import ray
 from ray import serve
 from serve_tiny import image, png, save_captioner
 
@@ -34,17 +33,14 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def replicas(model_dir):
+def replicas(model_dir, ray_cluster):
     """Two replicas (half a CPU each) behind Ray Serve's proxy on a free loopback port; yields the base URL."""
-    ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = serve_application(str(model_dir), replicas=2, cpus_per_replica=0.5, max_wait_ms=20)
     serve.run(app, name=DEPLOYMENT, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
-    ray.shutdown()
 
 
 def single_process(model_dir, requests):
