@@ -44,7 +44,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from bench import SIZES, abort, build_checkpoint, cpu_model, generate_kwargs, load_average, pixels  # noqa: E402
+from bench import abort, cpu_model  # noqa: E402
+from bench_models import SIZES, build_checkpoint, generate_kwargs, pixels  # noqa: E402
+from bench_report import load_average  # noqa: E402
 from torch import nn  # noqa: E402
 
 import splice  # noqa: E402

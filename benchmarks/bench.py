@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import json
 import os
 import platform
 import statistics
@@ -23,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,6 +29,33 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # FeatureCache.build's progress bar 
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from bench_models import (  # noqa: E402
+    ENCODER_TOKENS,
+    LLAMA_BOS,
+    SIZES,
+    Size,
+    build_checkpoint,
+    generate_kwargs,
+    llama_config,
+    load_pair,
+    pixels,
+    redraw,
+    release_memory,
+    token_ids,
+    vit_config,
+)
+from bench_report import (  # noqa: E402
+    MFU_TARGET,
+    TARGETS,
+    Row,
+    add_mfu,
+    load_average,
+    mfu_table,
+    notes,
+    row_json,
+    table,
+    write_json,
+)
 from torch import nn  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -42,55 +66,12 @@ from splice.training.feature_cache import FeatureCache, cached_batch  # noqa: E4
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()  # "Loading weights" bars on every from_pretrained
 
-IMAGE_SIZE, PATCH_SIZE = 224, 16
-ENCODER_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2 + 1  # patches + [CLS]
 LABEL_LENGTH = 24  # target tokens per training sample, a typical caption length in GPT-2 tokens
 TRAIN_BATCH = 8
-GPT2_BOS = GPT2_EOS = 50256  # GPT-2's <|endoftext|> starts, ends and pads
-LLAMA_BOS, LLAMA_EOS = 1, 2
 # Max |logit| difference tolerated by the parity check; the two implementations run the same modules, so in fp32 it is
 # expected to be exactly 0, and bf16 only leaves room for a different summation order.
 LOGIT_ATOL = {"fp32": 1e-5, "bf16": 1e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TARGETS = {"train": 1.0, "frozen": 3.0, "greedy-1": 2.0, "beam-4": 1.5}
-MFU_TARGET = 0.5
-
-
-@dataclass(frozen=True)
-class Size:
-    width: int
-    layers: int
-    heads: int
-    llama_intermediate: int  # ~8/3 x width rounded up to 64, Llama's convention (same MLP parameters as GPT-2's 4x)
-
-
-SIZES = {
-    "tiny": Size(256, 4, 4, 704),
-    "small": Size(384, 6, 6, 1024),
-    "base": Size(768, 12, 12, 2048),  # ViT-B/16 224 and GPT-2 124M dimensions
-}
-
-
-def load_average() -> float | None:
-    """1-minute load average; this run itself contributes about one per busy thread."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-@dataclass
-class Row:
-    size: str
-    key: str
-    name: str
-    reference: list[float]  # transformers (or, for injection rows, the bare Llama decoder) seconds per repeat
-    spliced: list[float]
-    target: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Read when the row finishes: well above the run's own thread count means other processes competed for the cores.
-    load_after: float | None = field(default_factory=load_average)
-
-    @property
-    def ratio(self) -> float:
-        return statistics.median(self.reference) / statistics.median(self.spliced)
 
 
 # -- environment --------------------------------------------------------------------------------------------------
@@ -155,115 +136,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> f
     a @ b  # warm-up: allocator, BLAS thread pool, cuBLAS heuristics
     best = min(timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n**3 / best
-
-
-# -- models -------------------------------------------------------------------------------------------------------
-
-
-def vit_config(size: Size) -> transformers.ViTConfig:
-    return transformers.ViTConfig(
-        hidden_size=size.width,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        intermediate_size=4 * size.width,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-    )
-
-
-def gpt2_config(size: Size) -> transformers.GPT2Config:
-    # GPT-2's real vocabulary (50257) at every size, so the LM head costs what it costs in a real captioner.
-    return transformers.GPT2Config(
-        n_embd=size.width, n_layer=size.layers, n_head=size.heads, bos_token_id=GPT2_BOS, eos_token_id=GPT2_EOS
-    )
-
-
-def llama_config(size: Size) -> transformers.LlamaConfig:
-    return transformers.LlamaConfig(
-        hidden_size=size.width,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.heads,
-        intermediate_size=size.llama_intermediate,
-        vocab_size=32000,
-        bos_token_id=LLAMA_BOS,
-        eos_token_id=LLAMA_EOS,
-        pad_token_id=LLAMA_EOS,
-    )
-
-
-@torch.no_grad()
-def redraw(model: nn.Module, width: int, seed: int = 0) -> nn.Module:
-    """Re-draw the weights at std width^-0.5 (biases small, norm scales ~1).
-
-    The default init (std 0.02) makes greedy decoding repeat one token, so "generated ids are equal" would be nearly
-    vacuous; these weights give varied tokens while keeping activations in range at every size.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    norm_ids = {
-        id(module.weight)
-        for module in model.modules()
-        if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), nn.Parameter)
-    }
-    for param in model.parameters():  # tied parameters appear once
-        noise = torch.randn(param.shape, generator=generator)
-        if id(param) in norm_ids:
-            value = 1.0 + 0.1 * noise
-        else:
-            value = noise * (width**-0.5 if param.dim() >= 2 else 0.02)
-        param.copy_(value.to(param.dtype))
-    return model
-
-
-def build_checkpoint(size: Size, directory: str) -> None:
-    """Build transformers' ViT + GPT-2 composite with random weights and save it; both arms load this directory."""
-    torch.manual_seed(0)
-    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit_config(size), gpt2_config(size))
-    model = redraw(transformers.VisionEncoderDecoderModel(config=config), size.width)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = GPT2_BOS
-        cfg.pad_token_id = GPT2_EOS
-        cfg.eos_token_id = GPT2_EOS
-    model.save_pretrained(directory)
-
-
-def load_pair(directory: str, device: torch.device, dtype: torch.dtype, train: bool) -> tuple[nn.Module, nn.Module]:
-    """Fresh copies of the same checkpoint in both libraries (training sections must not see each other's updates)."""
-    models = (
-        transformers.VisionEncoderDecoderModel.from_pretrained(directory),
-        splice.VisionEncoderDecoderModel.from_pretrained(directory),
-    )
-    return tuple(model.to(device=device, dtype=dtype).train(train) for model in models)  # type: ignore[return-value]
-
-
-def release_memory() -> None:
-    """Collect models the caller has just dropped (`del`), so sizes and sections do not stack up in memory."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# -- inputs -------------------------------------------------------------------------------------------------------
-
-
-def pixels(batch: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(dtype)  # [B, 3, H, W], on the CPU
-
-
-def token_ids(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, length), generator=generator)  # [B, T]
-
-
-def generate_kwargs(max_new_tokens: int, num_beams: int = 1) -> dict[str, Any]:
-    # min_new_tokens == max_new_tokens masks eos, so every sequence (and both arms) runs exactly max_new_tokens steps.
-    return {
-        "max_new_tokens": max_new_tokens,
-        "min_new_tokens": max_new_tokens,
-        "num_beams": num_beams,
-        "do_sample": False,
-    }
 
 
 # -- parity -------------------------------------------------------------------------------------------------------
@@ -525,103 +397,6 @@ def bench_injected(size_name: str, size: Size, args: argparse.Namespace) -> list
         times = interleaved(*arms, args.repeats, args.device)
         rows.append(Row(size_name, key, name, *times, extra={"max_abs_logit_diff": logit_diff}))
     return rows
-
-
-# -- report ---------------------------------------------------------------------------------------------------------
-
-
-def verdict(row: Row) -> str:
-    if row.target is None:
-        return ""
-    return "yes" if row.ratio >= row.target else "no"
-
-
-def table(rows: list[Row]) -> str:
-    lines = [
-        "| size | benchmark | transformers s | splice s | ratio | target | met |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for row in rows:
-        target = f">= {row.target:g}x" if row.target is not None else ""
-        lines.append(
-            f"| {row.size} | {row.name} | {statistics.median(row.reference):.4f} | "
-            f"{statistics.median(row.spliced):.4f} | {row.ratio:.2f}x | {target} | {verdict(row)} |"
-        )
-    return "\n".join(lines)
-
-
-def add_mfu(rows: list[Row], peak: float) -> None:
-    """Model FLOPs utilisation of both arms of the train-step rows, against the run's best matmul throughput."""
-    for row in rows:
-        if row.key == "train":
-            flops = row.extra["model_flops_per_step"]
-            row.extra["mfu_transformers"] = flops / statistics.median(row.reference) / peak
-            row.extra["mfu_splice"] = flops / statistics.median(row.spliced) / peak
-
-
-def mfu_table(rows: list[Row], peak: float) -> str:
-    lines = [
-        f"Training MFU (train step row; model FLOPs / step time / matmul peak {peak / 1e9:.1f} GFLOP/s, the best of "
-        "the start and end measurements):",
-        "",
-        "| size | model GFLOP/step | transformers MFU | splice MFU | target | met |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for row in rows:
-        if row.key != "train":
-            continue
-        met = "yes" if row.extra["mfu_splice"] >= MFU_TARGET else "no"
-        lines.append(
-            f"| {row.size} | {row.extra['model_flops_per_step'] / 1e9:.1f} | {row.extra['mfu_transformers']:.1%} | "
-            f"{row.extra['mfu_splice']:.1%} | >= {MFU_TARGET:.0%} | {met} |"
-        )
-    return "\n".join(lines)
-
-
-def notes(rows: list[Row]) -> str:
-    lines = ["Ratios are transformers median / splice median (> 1: splice faster)."]
-    for row in rows:
-        if row.key == "frozen":
-            build = statistics.median(row.extra["cache_build_seconds"])
-            lines.append(f"[{row.size}] splice's two-epoch time includes building the feature cache ({build:.3f} s).")
-    split = [r for r in rows if "ratio_onednn_off" in r.extra]
-    if split:
-        lines.append(
-            "Generation with oneDNN off (LM head on F.linear; beam search still skips the cross-attention reorder), "
-            "ratio: " + "; ".join(f"{r.size} {r.key} {r.extra['ratio_onednn_off']:.2f}" for r in split) + "."
-        )
-    busy = [r for r in rows if r.load_after is not None and r.load_after > torch.get_num_threads() + 1]
-    if busy:
-        lines.append(
-            "Other processes competed for the CPU (1-min load average above threads + 1) during: "
-            + "; ".join(f"{r.size} {r.key} ({r.load_after:.1f})" for r in busy)
-            + ". Treat those rows with suspicion or re-run on an idle machine."
-        )
-    lines.append(
-        "Injected rows: the transformers column is the bare Llama decoder alone, the splice column the same decoder "
-        "with injected cross-attention reading precomputed encoder outputs; ratio < 1 is the injection's overhead."
-    )
-    return "\n".join(lines)
-
-
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def row_json(row: Row) -> dict[str, Any]:
-    data = asdict(row)
-    # For the injected rows the "transformers" arm is the bare Llama decoder (see the notes).
-    data["transformers_seconds"] = data.pop("reference")
-    data["splice_seconds"] = data.pop("spliced")
-    data["load_average_1min_after"] = data.pop("load_after")
-    data.update(
-        transformers_median=statistics.median(row.reference),
-        splice_median=statistics.median(row.spliced),
-        ratio=row.ratio,
-        met=verdict(row) or None,
-    )
-    return data
 
 
 # -- main -----------------------------------------------------------------------------------------------------------

@@ -36,17 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from bandwidth import weight_bytes_per_step  # noqa: E402
-from bench import (  # noqa: E402
-    GENERATION_CASES,
-    SIZES,
-    build_checkpoint,
-    generate_kwargs,
-    interleaved,
-    load_average,
-    pixels,
-    require_same_ids,
-    timed,
-)
+from bench import GENERATION_CASES, interleaved, require_same_ids, timed  # noqa: E402
+from bench_models import SIZES, build_checkpoint, generate_kwargs, pixels  # noqa: E402
+from bench_report import load_average  # noqa: E402
 
 import splice  # noqa: E402
 from splice.models.compiled_step import CompiledDecoding  # noqa: E402

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from bench import load_average  # noqa: E402
+from bench_report import load_average  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
 
 import splice  # noqa: E402
 from splice.cli.demo import OCR_DEMO, ocr_held_out_sets  # noqa: E402
@@ -42,6 +43,9 @@ from splice.inference import start_tokens  # noqa: E402
 from splice.processing import decode_predictions  # noqa: E402
 from splice.training.metrics import caption_metrics, ocr_metrics  # noqa: E402
 from splice.training.pipeline import load_records  # noqa: E402
+
+hf_logging.set_verbosity_error()  # transformers' load-time warnings would interleave with the results, as in bench.py
+hf_logging.disable_progress_bar()  # "Loading weights" bars on every from_pretrained
 
 # name -> (dtype, quantize, LM head in int8 too)
 MODES = {

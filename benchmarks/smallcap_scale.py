@@ -35,17 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from bench import (  # noqa: E402
-    GPT2_BOS,
     LABEL_LENGTH,
     TRAIN_BATCH,
     cpu_model,
     epochs_encoder_each_step,
     epochs_feature_cache,
     interleaved,
-    load_average,
-    pixels,
-    token_ids,
 )
+from bench_models import GPT2_BOS, pixels, token_ids  # noqa: E402
+from bench_report import load_average  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
