@@ -12,6 +12,7 @@ from .models import (
     SpliceModel,
     VisionEncoderDecoderModel,
 )
+from .models.compiled_step import CompiledDecoding
 from .precision import quantize
 from .processing import SpliceProcessor
 from .registry import register_auto_classes
@@ -41,6 +42,7 @@ def __getattr__(name: str):
 
 __all__ = [  # noqa: F822 (the framework classes are served by __getattr__)
     *_FRAMEWORK_CLASSES,
+    "CompiledDecoding",
     "SmallCapConfig",
     "SmallCapModel",
     "EncoderDecoderConfig",

@@ -35,8 +35,11 @@ def unsupported_reason(model: Any, generate_kwargs: dict[str, Any]) -> str | Non
     decoder = model.get_decoder()
     if not getattr(decoder, "_can_compile_fullgraph", False):
         return f"transformers' {type(decoder).__name__} does not support a static cache with torch.compile"
-    if model.conditioning.name == "prefix":
-        return "prefix conditioning keeps the encoder's prefix in the cache ahead of the text; a static cache cannot"
+    if model.conditioning.positions_before_text(model, None) != 0:
+        return (
+            f"{model.conditioning.name} conditioning keeps encoder positions in the cache ahead of the text; a static "
+            "cache cannot"
+        )
     if is_quantized(model):
         return "the int8 layers (splice.quantize) are not compiled; decode a quantized model eagerly"
     if (generate_kwargs.get("num_beams") or model.generation_config.num_beams or 1) > 1:
