@@ -244,6 +244,16 @@ def _normalised_grids(output, side=3):
         assert min(map(min, grid)) >= 0.0
 
 
+def _batched_and_alone(backend, pictures, settings, batch):
+    """Pairs (batched output, the same picture run alone), after checking each pair's text and tokens are equal and
+    the batched output has one map per token."""
+    pairs = [(output, backend.run([picture], settings)[0]) for picture, output in zip(pictures, batch)]
+    for output, alone in pairs:
+        assert (output.text, output.tokens) == (alone.text, alone.tokens)
+        assert len(output.attention) == len(output.tokens)
+    return pairs
+
+
 def test_prefix_heatmaps_are_attention_to_the_prefix_tokens_on_the_patch_grid(tmp_path):
     from splice.serve.torch_backend import eager_forward
 
@@ -251,10 +261,7 @@ def test_prefix_heatmaps_are_attention_to_the_prefix_tokens_on_the_patch_grid(tm
     pictures = [image(seed) for seed in range(3)]
     settings = Settings(max_new_tokens=5, heatmap=True)
     batch = backend.run(pictures, settings)
-    for picture, output in zip(pictures, batch):
-        alone = backend.run([picture], settings)[0]
-        assert (output.text, output.tokens) == (alone.text, alone.tokens)
-        assert len(output.attention) == len(output.tokens)
+    for output, alone in _batched_and_alone(backend, pictures, settings, batch):
         assert torch.allclose(torch.tensor(output.attention), torch.tensor(alone.attention), atol=1e-5)
         _normalised_grids(output)
     # The first token's map is the self-attention of the start position to prefix tokens 1..9 (after CLS), by hand.
@@ -293,10 +300,7 @@ def test_injected_heatmaps_are_the_blocks_attention_and_batch_like_single(tmp_pa
     pictures = [image(seed) for seed in range(4)]
     settings = Settings(max_new_tokens=5, heatmap=True)
     batch = backend.run(pictures, settings)
-    for picture, output in zip(pictures, batch):
-        alone = backend.run([picture], settings)[0]
-        assert (output.text, output.tokens) == (alone.text, alone.tokens)
-        assert len(output.attention) == len(output.tokens)
+    for output, alone in _batched_and_alone(backend, pictures, settings, batch):
         for grid, grid_alone in zip(output.attention, alone.attention):
             assert torch.allclose(torch.tensor(grid), torch.tensor(grid_alone), atol=1e-5)
             assert torch.tensor(grid).shape == (3, 3) and max(map(max, grid)) == pytest.approx(1.0)
