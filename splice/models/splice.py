@@ -409,7 +409,9 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
         elif isinstance(encoder_outputs, tuple):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
-        decoding = cache is not None and cache.get_seq_length() > 0
+        # Decoding steps feed back ids the model produced: not checked. A compiled step (static cache) is one too, and
+        # reading its cache's length there would be data-dependent control flow: a graph break in every step.
+        decoding = torch.compiler.is_compiling() or (cache is not None and cache.get_seq_length() > 0)
         encoder_hidden_states, encoder_attention_mask = self._decoder_side_states(
             encoder_outputs[0], attention_mask, cache
         )
@@ -420,7 +422,7 @@ class SpliceModel(FromPartsMixin, SpecialTokensMixin, PreTrainedModel, Generatio
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
                 if decoder_attention_mask is None:
                     decoder_attention_mask = self.decoder_attention_mask_from_labels(labels, decoder_input_ids)
-        if decoder_input_ids is not None and not decoding:  # decoding steps feed back ids the model produced
+        if decoder_input_ids is not None and not decoding:
             check_ids("decoder_input_ids", decoder_input_ids, self.config.decoder.vocab_size)
 
         decoder_outputs = self.conditioning.decode(
