@@ -44,6 +44,17 @@ def compile_config(mode: str) -> CompileConfig:
     return config
 
 
+def compiled_graph_count() -> int:
+    """How many graphs `torch.compile` has compiled in this process (dynamo's private counter, read-only; 0 where a
+    torch release lacks it). A call that compiled nothing reused a graph: after a second shape torch makes a graph's
+    sizes symbolic ("automatic dynamic shapes"), so later batch sizes and lengths need no compilation."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - a torch without dynamo's counters
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
 COMPATIBILITY_HINT = (
     "See the README's 'Compatibility' section: install a tested transformers release "
     "(`pip install 'transformers==<newest tested>'`) and report the failure with this message."

@@ -32,17 +32,25 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 _BUILT_WITH_ONEDNN = _X86 and _linear_pointwise is not None and torch.backends.mkldnn.is_available()
 
 
-@torch.library.custom_op("splice::onednn_linear", mutates_args=())
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's matmul on an unpacked weight as one opaque op, so that `torch.compile` keeps it in a compiled decoding
-    step (inductor cannot lower `mkldnn._linear_pointwise` with an unpacked weight; it would otherwise fall back to
-    MKL's slower GEMM for the head)."""
-    return _linear_pointwise(x, weight, bias, "none", [], "")
+@torch.library.custom_op("splice::step_linear", mutates_args=())
+def step_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A decoding step's head product as one opaque op, so that `torch.compile` keeps the eager kernel in a compiled
+    decoding step: oneDNN's matmul on the unpacked weight in float32 (inductor cannot lower `mkldnn._linear_pointwise`
+    with an unpacked weight and would fall back to MKL's slower GEMM), `torch.mv` for one bfloat16 row (inductor's
+    own bf16 matrix-vector code was slower than eager: benchmarks/README.md)."""
+    return _step_product(x, weight, bias)
 
 
-@onednn_linear.register_fake
-def _onednn_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+@step_linear.register_fake
+def _step_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _step_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if x.dtype == torch.bfloat16:  # one row: a matrix-vector product ([out, in] @ [in])
+        out = torch.mv(weight, x.reshape(-1))  # [out]
+        return (out if bias is None else out + bias).view(*x.shape[:-1], weight.shape[0])
+    return _linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def onednn_available() -> bool:
@@ -78,16 +86,14 @@ class OneDNNLinear(nn.Linear):
             or torch.is_autocast_enabled("cpu")
         ):
             return F.linear(x, self.weight, self.bias)
-        if x.dtype == torch.bfloat16 and x.numel() == self.in_features:
-            # bf16, one row (batch 1): a matrix-vector product streams the weight faster than bf16 `F.linear`, which
-            # is slower than fp32's at one row (benchmarks/README.md, "Reduced precision").
-            out = torch.mv(self.weight, x.reshape(-1))  # [out]
-            return (out if self.bias is None else out + self.bias).view(*x.shape[:-1], self.out_features)
-        if x.dtype != torch.float32 or not onednn_available():
+        one_bf16_row = x.dtype == torch.bfloat16 and x.numel() == self.in_features
+        if not one_bf16_row and (x.dtype != torch.float32 or not onednn_available()):
             return F.linear(x, self.weight, self.bias)
+        # bf16, one row (batch 1): a matrix-vector product streams the weight faster than bf16 `F.linear`, which is
+        # slower than fp32's at one row (benchmarks/README.md, "Reduced precision"); fp32: oneDNN's matmul.
         if torch.compiler.is_compiling():  # a compiled decoding step (splice/models/compiled_step.py)
-            return onednn_linear(x, self.weight, self.bias)
-        return _linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return step_linear(x, self.weight, self.bias)
+        return _step_product(x, self.weight, self.bias)
 
 
 def _eligible(module: nn.Module) -> bool:

@@ -4,13 +4,17 @@
 same shapes, and transformers' `generate` then runs its steps through `torch.compile` of the model's forward
 (`CompileConfig`; on a CPU only when asked, `splice._compat.compile_config`). The compiled graph is exact: the same
 operations in the same order, fused (generated ids are identical to eager decoding; tests/test_compiled.py checks it
-against each supported decoder). The LM head stays on oneDNN inside the graph (`splice.onednn.onednn_linear`).
+against each supported decoder, bf16 + int8 included). The LM head keeps its eager decoding-step kernel inside the
+graph (`splice.onednn.step_linear`), and a decoding step traces as one graph (no graph break; tested).
 
-It is **off by default** because on the CPU it was measured on it is barely faster and costs a long compilation
-(benchmarks/README.md, "A compiled decoding step"): a batch-1 step reads every weight once, and the matmuls that read
-them are most of the step, compiled or not. [`CompiledDecoding`] is the switch: it compiles once per shape (batch,
-beams, maximum length, dtype, device; the static cache's size is part of the graph), prints one line when it does,
-and falls back to eager decoding, with a warning naming the reason, where a decoder or setting is not supported.
+Measured on a 2-core CPU at batch 1 (benchmarks/README.md, "A compiled decoding step"): 1.2x eager `generate` in fp32,
+1.4x in bf16 + int8, after a compilation of tens of seconds (a minute or more with a cold inductor cache) for the
+first shape, seconds for a second one, and none for later ones: torch then compiles one graph for any batch size and
+length ("automatic dynamic shapes"). That first compilation is why it is **off by default**: `generate` would stall
+for a minute the first time it runs, and training-time evaluation would pay it for nothing. [`CompiledDecoding`] is
+the switch (also `splice caption --compile`, `splice serve --compile`): it prints one line before the first call of a
+shape and one after it (compiled, or reused a graph), and falls back to eager decoding, with a warning naming the
+reason, where a decoder or setting is not supported.
 """
 
 from __future__ import annotations
@@ -18,12 +22,11 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
-from .._compat import compile_config
-from ..precision import is_quantized
+from .._compat import compile_config, compiled_graph_count
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ def unsupported_reason(model: Any, generate_kwargs: dict[str, Any]) -> str | Non
             f"{model.conditioning.name} conditioning keeps encoder positions in the cache ahead of the text; a static "
             "cache cannot"
         )
-    if is_quantized(model):
-        return "the int8 layers (splice.quantize) are not compiled; decode a quantized model eagerly"
     if (generate_kwargs.get("num_beams") or model.generation_config.num_beams or 1) > 1:
         return "beam search: transformers compiles the steps of greedy search and sampling only"
     if any(kwargs_name in generate_kwargs for kwargs_name in ("cache", "past_key_values", "cache_implementation")):
@@ -60,7 +61,8 @@ class CompiledDecoding:
     Args:
         model: a splice model (`SpliceModel` or a composite).
         mode (`str`): `torch.compile`'s mode. `"default"` on a CPU; `"reduce-overhead"` (CUDA graphs) on a GPU.
-        verbose (`bool`): print one line when a new shape is compiled (and how long it took).
+        verbose (`bool`): print one line before the first call of a shape and one after it (compiled or not, how long).
+        file (*optional*): where those lines go (default: standard output).
 
     Example:
 
@@ -71,13 +73,14 @@ class CompiledDecoding:
     ```
     """
 
-    def __init__(self, model: Any, mode: str = "default", verbose: bool = True) -> None:
+    def __init__(self, model: Any, mode: str = "default", verbose: bool = True, file: TextIO | None = None) -> None:
         if mode not in COMPILE_MODES:
             raise ValueError(f"mode={mode!r} is not a torch.compile mode; choose one of {COMPILE_MODES}.")
         self.model = model
         self.mode = mode
         self.compile_config = compile_config(mode)
         self.verbose = verbose
+        self.file = file
         self.compiled_shapes: dict[tuple, float] = {}  # shape key -> seconds the first call took (compilation)
         self._warned: set[str] = set()
 
@@ -103,15 +106,22 @@ class CompiledDecoding:
             batch, beams, length, dtype, device = key
             print(
                 f"splice: compiling the decoding step (torch.compile mode={self.mode!r}, static cache) for batch "
-                f"{batch}, {beams} beam(s), length {length}, {dtype}, {device}; once per shape...",
+                f"{batch}, {beams} beam(s), length {length}, {dtype}, {device}, unless a compiled graph fits it...",
+                file=self.file,
                 flush=True,
             )
-        start = time.perf_counter()
+        graphs, start = compiled_graph_count(), time.perf_counter()
         output = self.model.generate(
             inputs, cache_implementation="static", compile_config=self.compile_config, **generate_kwargs
         )
         if first:
             self.compiled_shapes[key] = time.perf_counter() - start
             if self.verbose:
-                print(f"splice: compiled in {self.compiled_shapes[key]:.1f} s (later calls reuse it)", flush=True)
+                done = "compiled in" if compiled_graph_count() > graphs else "no compilation needed, a graph fits:"
+                seconds = self.compiled_shapes[key]
+                print(f"splice: {done} {seconds:.1f} s (later calls reuse it)", file=self.file, flush=True)
         return output
+
+    def caption(self, images: Any, processor: Any = None, **generate_kwargs: Any) -> list[str]:
+        """`model.caption(images, processor, **generate_kwargs)` with this object's `generate`."""
+        return self.model.caption(images, processor, generate=self.generate, **generate_kwargs)
