@@ -60,7 +60,12 @@ def start_tokens(model: Any, batch_size: int) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def caption(
-    model: Any, images: Any, processor: Any, prompts: Sequence[str] | None = None, **generate_kwargs: Any
+    model: Any,
+    images: Any,
+    processor: Any,
+    prompts: Sequence[str] | None = None,
+    generate: Callable[..., Any] | None = None,
+    **generate_kwargs: Any,
 ) -> list[str]:
     r"""
     Generate text for images in one call.
@@ -70,18 +75,21 @@ def caption(
         images: a PIL image or a list of them (anything the image processor accepts).
         processor (`SpliceProcessor`): image processor and tokenizer.
         prompts (*optional*): one decoder prompt per image (left-padded in one batch; stripped from the output).
+        generate (*optional*): what generates, `model.generate` by default (`CompiledDecoding(model).generate`: the
+            compiled decoding step).
         generate_kwargs: passed to `generate` (e.g. `num_beams`, `max_new_tokens`).
     """
+    generate = generate or model.generate
     pixel_values = processor(images=images)["pixel_values"].to(model.device, model.dtype)
     if prompts is None:
         kwargs = {} if "decoder_input_ids" in generate_kwargs else start_tokens(model, len(pixel_values))
         kwargs = kwargs | generate_kwargs
-        return decode_predictions(processor.tokenizer, model.generate(pixel_values, **kwargs))
+        return decode_predictions(processor.tokenizer, generate(pixel_values, **kwargs))
     config = model.config
     prompt_ids, prompt_mask = encode_prompts(
         processor.tokenizer, prompts, config.decoder_start_token_id, config.pad_token_id
     )
-    ids = model.generate(
+    ids = generate(
         pixel_values,
         decoder_input_ids=prompt_ids.to(model.device),
         decoder_attention_mask=prompt_mask.to(model.device),
