@@ -17,12 +17,13 @@ those weights from memory. This script measures:
 
 Arms: transformers fp32, splice fp32, splice bf16, splice fp32 + int8 (the int8 layers take bf16 inputs), splice
 bf16 + int8 (the LM head and embeddings in bf16), the same with the LM head in int8 too (measured, not a default),
-splice fp32 through the opt-in compiled decoding step (`CompiledDecoding`: static cache + `torch.compile`, compiled
-in the warm-up, its compile time reported apart), and JAX fp32 (splice's Flax class, jit, unless `--no-jax`); `--arms`
+splice fp32, splice bf16 + int8 and its int8-head variant through the opt-in compiled decoding step
+(`CompiledDecoding`: static cache + `torch.compile`, compiled in the warm-up, its compile time reported apart; ids
+asserted equal to the same model decoding eagerly), and JAX fp32 (splice's Flax class, jit, unless `--no-jax`); `--arms`
 picks some. Every arm loads the same checkpoint (bench.py's ViT + GPT-2 of `--size`, GPT-2's 50,257-token vocabulary,
-random weights redrawn so that greedy decoding varies); transformers fp32, splice fp32 and the compiled step must
-produce identical ids (else the run aborts). Arms are timed interleaved, median of `--repeats`.
-Timings are ratios within one run: compare nothing across runs on a shared machine.
+random weights redrawn so that greedy decoding varies); transformers fp32 and splice fp32 must produce identical ids,
+and each compiled arm the ids of its model decoding eagerly (else the run aborts). Arms are timed interleaved, median
+of `--repeats`. Timings are ratios within one run: compare nothing across runs on a shared machine.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ BUFFER_BYTES = 512 * 2**20
 ONCE_PER_GENERATE = ("crossattention.c_attn",)
 AGREEMENT_IMAGES = 8
 REQUIRED_ARMS = ("transformers fp32", "splice fp32")  # the ratios' denominators
+COMPILED_ARMS = ("splice fp32", "splice bf16 + int8", "splice bf16 + int8, LM head int8")
 
 
 def memory_bandwidth(repeats: int) -> dict[str, float]:
@@ -128,38 +130,44 @@ class JaxArm(Arm):
 
 
 class CompiledArm(Arm):
-    """splice fp32 through its opt-in compiled decoding step (`CompiledDecoding`: static cache + `torch.compile`); each
-    length is its own static-cache shape, so each compiles once, in the warm-up (timed apart)."""
+    """An arm's model through the opt-in compiled decoding step (`CompiledDecoding`: static cache + `torch.compile`);
+    each length is its own static-cache shape, so each compiles once, in the warm-up (timed apart). Its ids must equal
+    those of `eager`, the same model decoding eagerly."""
 
-    def __init__(self, model: nn.Module, bytes_per_step: int) -> None:
-        super().__init__(
-            "splice fp32, compiled step (static cache + torch.compile)", model, torch.float32, bytes_per_step
-        )
+    def __init__(self, eager: Arm, model: nn.Module) -> None:
+        super().__init__(f"{eager.name}, compiled step", model, eager.dtype, eager.bytes_per_step)
+        self.eager = eager
         self.compiled = CompiledDecoding(model)
         self.compile_seconds = self.compiled.compiled_shapes
 
     def generate(self, pixel_values: torch.Tensor, new_tokens: int) -> torch.Tensor:
         with torch.no_grad():
-            return self.compiled.generate(pixel_values, **generate_kwargs(new_tokens))
+            return self.compiled.generate(pixel_values.to(self.dtype), **generate_kwargs(new_tokens))
 
 
 def build_arms(directory: str, jax: bool, eos_for_jax: int, only: list[str] | None = None) -> list[Arm]:
     def spliced(dtype: str | None = None, quantize: str | None = None) -> nn.Module:
         return splice.VisionEncoderDecoderModel.from_pretrained(directory, dtype=dtype, quantize=quantize).eval()
 
+    def int8_head() -> nn.Module:  # measured, not the default: the LM head in int8 too
+        return quantize(spliced("bf16"), "int8", include_lm_head=True)
+
     reference = transformers.VisionEncoderDecoderModel.from_pretrained(directory).eval()
-    models = {
-        "transformers fp32": (reference, torch.float32),
-        "splice fp32": (spliced(), torch.float32),
-        "splice bf16": (spliced("bf16"), torch.bfloat16),
-        "splice fp32 + int8": (spliced(None, "int8"), torch.float32),
-        "splice bf16 + int8": (spliced("bf16", "int8"), torch.bfloat16),
-        # Measured, not the default: the LM head in int8 too (by default it stays in the model's dtype).
-        "splice bf16 + int8, LM head int8": (quantize(spliced("bf16"), "int8", include_lm_head=True), torch.bfloat16),
+    loaders = {
+        "transformers fp32": (lambda: reference, torch.float32),
+        "splice fp32": (spliced, torch.float32),
+        "splice bf16": (lambda: spliced("bf16"), torch.bfloat16),
+        "splice fp32 + int8": (lambda: spliced(None, "int8"), torch.float32),
+        "splice bf16 + int8": (lambda: spliced("bf16", "int8"), torch.bfloat16),
+        "splice bf16 + int8, LM head int8": (int8_head, torch.bfloat16),
     }
-    models = {name: arm for name, arm in models.items() if only is None or name in {*only, *REQUIRED_ARMS}}
-    arms = [Arm(name, model, dtype, weight_bytes_per_step(model.decoder)) for name, (model, dtype) in models.items()]
-    arms.append(CompiledArm(spliced(), arms[1].bytes_per_step))
+    wanted = {name for name in loaders if only is None or name in {*only, *REQUIRED_ARMS}}
+    arms = [Arm(name, load(), dtype, 0) for name, (load, dtype) in loaders.items() if name in wanted]
+    for arm in arms:
+        arm.bytes_per_step = weight_bytes_per_step(arm.model.decoder)
+    # The compiled step of splice fp32 (always) and of the fastest reduced-precision modes (when they run).
+    compiled = [CompiledArm(arm, loaders[arm.name][0]()) for arm in arms if arm.name in COMPILED_ARMS]
+    arms += compiled
     if jax:
         arms.append(JaxArm(directory, eos_for_jax, arms[1].bytes_per_step))
     return arms
@@ -197,14 +205,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for arm in arms:  # warm-up (JAX compiles here: timed apart), and the agreement columns
         for tokens in (1, args.tokens):
             start = time.perf_counter()
-            arm.generate(image, tokens)
+            arm.ids = arm.generate(image, tokens)
             if isinstance(arm, JaxArm):
                 arm.compile_seconds[tokens] = time.perf_counter() - start
         arm.agreement = agreement(arm, reference_ids, image, images, ids8)
     for arm in arms:
-        exact = arm.name.startswith("transformers") or isinstance(arm, CompiledArm)
-        if exact and arm.agreement != (1.0, 1.0):
+        if arm.name.startswith("transformers") and arm.agreement != (1.0, 1.0):
             abort(f"{arm.name} and splice fp32 generate different ids (agreement {arm.agreement})")
+        if isinstance(arm, CompiledArm) and not torch.equal(arm.ids, arm.eager.ids):
+            abort(f"{arm.name} generates other ids than {arm.eager.name} decoding eagerly")
     for _ in range(args.repeats):
         for tokens in (1, args.tokens):
             for arm in arms:
@@ -261,8 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--arms",
         default=None,
-        help="comma-separated arm names to run (transformers fp32, splice fp32 and the compiled "
-        "step always run); default: all",
+        help="comma-separated eager arm names to run (transformers fp32, splice fp32 and splice fp32's compiled "
+        "step always run; a compiled step runs with its eager arm); default: all",
     )
     parser.add_argument("--output", default="benchmarks/bandwidth.json")
     parser.add_argument(
