@@ -179,12 +179,13 @@ def test_caption_cli_compile_gives_the_eager_captions(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("other", [["--heatmaps", "maps"], ["--ray", "--output", "captions.jsonl"]])
-def test_caption_cli_compile_refuses_the_paths_that_decode_eagerly(tmp_path, other):
+def test_caption_cli_compile_refuses_the_paths_that_decode_eagerly(tmp_path, other, monkeypatch):
     from serve_tiny import image, save_captioner
 
     from splice.cli import main
     from splice.training.config import ConfigError
 
+    monkeypatch.chdir(tmp_path)  # the relative paths in `other`: nothing is written, and if it were, not in the tree
     model_dir = save_captioner(tmp_path / "model")
     image(0).save(tmp_path / "photo.png")
     with pytest.raises(ConfigError, match=f"--compile: not with {other[0]}"):
