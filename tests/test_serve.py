@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from serve_tiny import image, png, save_captioner, save_smallcap, save_text_model
 
+import splice
+from splice.precision import is_quantized
 from splice.serve import Settings, create_app, load_backend
 from splice.training.config import ConfigError
 
@@ -182,6 +184,35 @@ def test_smallcap_retrieves_prompts_of_different_lengths_and_batches_exactly(sma
     assert [r.json()["caption"] for r in responses] == smallcap.model.caption(
         pictures, smallcap.processor, smallcap.datastore.retrieve_for_images(pictures, k=2), max_new_tokens=6
     )
+
+
+def test_reduced_precision_backend_captions_like_the_model_it_loads(tmp_path):
+    """`splice serve --dtype bf16 --quantize int8`: the backend's captions are those of the model loaded with the same
+    options (`from_pretrained(dtype=, quantize=)`), served through the batcher."""
+    model_dir = save_captioner(tmp_path / "model")
+    backend = load_backend(model_dir, dtype="bf16", quantize="int8")
+    assert backend.model.dtype == torch.bfloat16 and is_quantized(backend.model)
+    reference = splice.VisionEncoderDecoderModel.from_pretrained(model_dir, dtype="bf16", quantize="int8")
+    pictures = [image(seed) for seed in range(3)]
+    app = create_app(backend, max_wait_ms=20)
+
+    async def exchange(client):
+        return await asyncio.gather(*(client.post("/v1/caption", **form(p, max_new_tokens=6)) for p in pictures))
+
+    captions = [response.json()["caption"] for response in serve(app, exchange)]
+    assert captions == reference.caption(pictures, backend.processor, max_new_tokens=6)
+
+
+@pytest.mark.slow
+def test_a_compiled_backend_warms_up_and_answers_like_the_eager_one(tmp_path, capfd):
+    model_dir = save_captioner(tmp_path / "model")
+    torch._dynamo.reset()
+    compiled = load_backend(model_dir, compile=True)
+    assert "compiling the decoding step" in capfd.readouterr().err  # at load: the warm-up, before any request
+    eager = load_backend(model_dir)
+    pictures = [image(seed) for seed in range(3)]
+    for settings in (Settings(max_new_tokens=6), Settings(num_beams=2, max_new_tokens=6)):  # beams: eagerly
+        assert compiled.run(pictures, settings) == eager.run(pictures, settings)
 
 
 def test_smallcap_datastore_flag_and_errors(tmp_path):

@@ -78,6 +78,11 @@ def test_the_manifest_picks_onnxruntime(captioner, text_model):
     assert backend.task == "generate" and backend.max_new_tokens == _backend(text_model[0]).max_new_tokens
 
 
+def test_pytorch_options_on_an_export_name_themselves(captioner):
+    with pytest.raises(ValueError, match="compile, dtype: options of the PyTorch backend.*is an export"):
+        load_backend(captioner[1], dtype="bf16", compile=True)
+
+
 def test_captions_equal_pytorch(captioner):
     requests = [
         ("/v1/caption", {"files": _files(PICTURES)}),  # several images, one batch, mixed sizes

@@ -19,6 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
     parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
     parser.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default=None, help="compute in this dtype (default: the saved model's)"
+    )
+    parser.add_argument(
+        "--quantize", choices=("int8",), default=None, help="int8 weight-only linear layers (fastest with --dtype bf16)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through a compiled step (static cache + torch.compile; same outputs), compiled at startup; "
+        "greedy and sampling requests (beams decode eagerly)",
+    )
+    parser.add_argument(
         "--timeout-keep-alive", type=float, default=30.0, help="seconds an idle keep-alive connection stays open"
     )
     parser.add_argument(
@@ -71,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
         missing = f"{error.name} is not installed (splice serve needs it)"
         raise ConfigError(f"{missing}; pip install 'splice[serve]'") from None
     try:
-        backend = load_backend(args.model_dir, device=args.device, datastore=args.datastore)
+        backend = load_backend(args.model_dir, args.device, args.datastore, **_torch_options(args))
     except (ValueError, OSError) as error:
         raise ConfigError(str(error)) from None
     app = create_app(
@@ -103,8 +115,14 @@ def _run_replicas(args: argparse.Namespace) -> None:
         address=args.ray_address,
         device=args.device,
         datastore=args.datastore,
+        torch_options=_torch_options(args),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )
+
+
+def _torch_options(args: argparse.Namespace) -> dict:
+    """The PyTorch backend's options (`load_backend`): dtype, quantize, compile."""
+    return {"dtype": args.dtype, "quantize": args.quantize, "compile": args.compile}

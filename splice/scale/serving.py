@@ -22,6 +22,7 @@ def serve_application(
     replicas: int = 1,
     device: str = "cpu",
     datastore: str | None = None,
+    torch_options: dict[str, Any] | None = None,
     cpus_per_replica: float = 1.0,
     max_ongoing_requests: int = 64,
     **app_options: Any,
@@ -34,6 +35,7 @@ def serve_application(
         replicas: the copies, each holding one model.
         device: `"cpu"` or `"cuda"` (a replica then asks Ray for one GPU).
         datastore (*optional*): SmallCap: retrieve prompts from this datastore directory.
+        torch_options (*optional*): `load_backend`'s `dtype`, `quantize` and `compile`, for every replica.
         cpus_per_replica: the CPUs Ray reserves for each replica (and its intra-op threads, at least one).
         max_ongoing_requests: requests one replica holds at once (the rest wait in the proxy).
         app_options: `create_app`'s keywords (`max_batch_size`, `max_wait_ms`, `max_queue`, `max_upload_bytes`).
@@ -59,7 +61,7 @@ def serve_application(
             from ..serve import load_backend
 
             torch.set_num_threads(threads)
-            self.backend = load_backend(model_dir, device=device, datastore=datastore)
+            self.backend = load_backend(model_dir, device, datastore, **(torch_options or {}))
 
         def __serve_build_asgi_app__(self) -> Any:
             from ..serve import create_app

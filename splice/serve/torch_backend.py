@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..conditioning.base import position_limit
 from ..inference import encode_prompts
+from ..models.compiled_step import CompiledDecoding
+from ..precision import apply_precision
 from ..processing import decode_predictions
 from .backend import HeatmapUnsupported, Output, Settings
 
@@ -53,10 +57,14 @@ class TorchBackend:
         name: the name shown in responses.
         datastore (*optional*): SmallCap: the retrieval datastore prompts come from (without one: the no-retrieval
             prompt).
+        compile (`bool`): generate through a compiled decoding step (`splice.CompiledDecoding`, same outputs; beam
+            search decodes eagerly); `from_directory` then warms it up before the first request.
     """
 
-    def __init__(self, model: Any, processor: Any, name: str, datastore: Any = None):
+    def __init__(self, model: Any, processor: Any, name: str, datastore: Any = None, compile: bool = False):
         self.model = model
+        # What generates: the model's own `generate`, or the compiled step's (its lines about compiling on stderr).
+        self.generate = CompiledDecoding(model, file=sys.stderr).generate if compile else model.generate
         self.processor = processor
         self.name = name
         self.device = str(model.device)
@@ -68,8 +76,18 @@ class TorchBackend:
         self._grid = self._find_grid() if self.task == "caption" and self._mapped else None
 
     @classmethod
-    def from_directory(cls, model_dir: Path, device: str = "cpu", datastore: str | None = None) -> TorchBackend:
-        """Load the model, its processor and (SmallCap) the datastore saved with it or at `datastore`."""
+    def from_directory(
+        cls,
+        model_dir: Path,
+        device: str = "cpu",
+        datastore: str | None = None,
+        dtype: str | None = None,
+        quantize: str | None = None,
+        compile: bool = False,
+    ) -> TorchBackend:
+        """Load the model, its processor and (SmallCap) the datastore saved with it or at `datastore`; `dtype` and
+        `quantize` as `splice caption`'s (`splice.precision.apply_precision`); `compile`: a compiled decoding step,
+        warmed up here (one input at the default settings) so that the first request does not wait for it."""
         from transformers import AutoTokenizer
 
         from ..processing import SpliceProcessor
@@ -79,7 +97,7 @@ class TorchBackend:
         if not config_file.is_file():
             raise ValueError(f"model_dir={str(model_dir)!r} has no config.json; pass the output_dir of `splice train`")
         model_type = json.loads(config_file.read_text())["model_type"]
-        model = model_class(model_type).from_pretrained(model_dir).to(device).eval()
+        model = apply_precision(model_class(model_type).from_pretrained(model_dir).to(device).eval(), dtype, quantize)
         if model.main_input_name not in ("pixel_values", "input_ids"):
             raise ValueError(
                 f"model_dir={str(model_dir)!r}: a {model.main_input_name!r} encoder; `splice serve` serves image "
@@ -99,7 +117,10 @@ class TorchBackend:
                 raise ValueError(f"--datastore {datastore!r}: no such directory")
         elif datastore:
             raise ValueError(f"--datastore {datastore!r}: the model is not retrieval-augmented (SmallCap)")
-        return cls(model, processor, model_dir.resolve().name, store)
+        backend = cls(model, processor, model_dir.resolve().name, store, compile=compile)
+        if compile:
+            backend.run([Image.new("RGB", (32, 32))] if backend.task == "caption" else ["warm-up"], Settings())
+        return backend
 
     @property
     def _mode(self) -> str:
@@ -179,7 +200,7 @@ class TorchBackend:
         count = settings.num_beams if settings.return_beams else 1
         if count > 1:  # every beam, best first, with its score (the best beam is the one returned alone)
             kwargs.update(num_return_sequences=count, output_scores=True, return_dict_in_generate=True)
-        generated = self.model.generate(pixels, **prompt, **kwargs)
+        generated = self.generate(pixels, **prompt, **kwargs)
         start = prompt["decoder_input_ids"].shape[1] if prompt else 0
         beams = None
         if count > 1:
@@ -201,7 +222,7 @@ class TorchBackend:
 
     def _generate(self, texts: Sequence[str], settings: Settings) -> list[Output]:
         inputs = self.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
-        sequences = self.model.generate(**inputs, **self._kwargs(settings))
+        sequences = self.generate(**inputs, **self._kwargs(settings))
         texts = decode_predictions(self.tokenizer, sequences)
         return [Output(t, token_pieces(self.tokenizer, row.tolist())) for t, row in zip(texts, sequences)]
 
