@@ -2,10 +2,11 @@
 
 A decode step multiplies a few rows of hidden states by the LM head, a [vocab, hidden] weight far larger than the CPU's
 caches (GPT-2's: 50,257 x 768 floats, 154 MB), so that product is bound by streaming the weight from memory. On x86 CPUs
-PyTorch sends float32 `F.linear` to MKL's GEMM, which on these skinny shapes reaches well under the memory bandwidth;
-oneDNN's matmul on the *same, unpacked* weight is faster (benchmarks/README.md has the measurements). Nothing
-is packed or copied, so nothing can go stale when weights change (an in-place write through `.data` does not bump a
-tensor's version counter, so a packed copy could not be trusted).
+PyTorch sends float32 `F.linear` to MKL's GEMM, which on these skinny shapes reached well under the memory bandwidth on
+an AMD EPYC, where oneDNN's matmul on the *same, unpacked* weight was about 2x faster; on an Intel Xeon the two are
+equal (benchmarks/README.md has the measurements). Nothing is packed or copied, so nothing can go stale when weights
+change (an in-place write through `.data` does not bump a tensor's version counter, so a packed copy could not be
+trusted).
 
 Only the head is switched: its logits differ from `F.linear`'s by the rounding of one dot product (oneDNN sums in
 another order; tests/test_onednn.py bounds it), and generated ids are identical. Switching every linear layer was
