@@ -22,6 +22,17 @@ def at_least_one(value: str) -> int:
     return number
 
 
+def add_decoding_arguments(parser: argparse.ArgumentParser, compile_help: str) -> None:
+    """`--dtype`, `--quantize` and `--compile`: how the PyTorch model decodes (`splice caption`, `splice serve`)."""
+    parser.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default=None, help="compute in this dtype (default: the saved model's)"
+    )
+    parser.add_argument(
+        "--quantize", choices=("int8",), default=None, help="int8 weight-only linear layers (fastest with --dtype bf16)"
+    )
+    parser.add_argument("--compile", action="store_true", help=compile_help)
+
+
 # What `SpliceProcessor.save_pretrained` writes: any one of each group (older transformers: preprocessor_config.json).
 PROCESSOR_FILES = (("processor_config.json", "preprocessor_config.json"), ("tokenizer_config.json", "tokenizer.json"))
 

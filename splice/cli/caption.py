@@ -11,7 +11,7 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice caption`, each with its help and default."""
-    from ._inputs import at_least_one
+    from ._inputs import add_decoding_arguments, at_least_one
 
     parser.add_argument("model", help="a model directory saved by `splice train` or `splice demo` (or a hub id)")
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
@@ -28,16 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", help="write the captions to this file (default: standard output)")
     parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory (default: none)")
-    parser.add_argument(
-        "--dtype", choices=("fp32", "bf16"), default=None, help="compute in this dtype (default: the saved model's)"
-    )
-    parser.add_argument(
-        "--quantize", choices=("int8",), default=None, help="int8 weight-only linear layers (fastest with --dtype bf16)"
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="decode through a compiled step (static cache + torch.compile; same captions): faster per image after a "
+    add_decoding_arguments(
+        parser,
+        "decode through a compiled step (static cache + torch.compile; same captions): faster per image after a "
         "compilation of up to a minute or two, for long runs; greedy or sampling only (beams decode eagerly)",
     )
     parser.add_argument(

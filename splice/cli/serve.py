@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `splice serve`."""
-    from ._inputs import at_least_one
+    from ._inputs import add_decoding_arguments, at_least_one
 
     parser.add_argument("model_dir", help="a directory saved by `splice train` (model and processor)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: loopback only)")
@@ -18,17 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="the largest request body (413 above)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
     parser.add_argument("--datastore", help="SmallCap: retrieve prompts from this datastore directory")
-    parser.add_argument(
-        "--dtype", choices=("fp32", "bf16"), default=None, help="compute in this dtype (default: the saved model's)"
-    )
-    parser.add_argument(
-        "--quantize", choices=("int8",), default=None, help="int8 weight-only linear layers (fastest with --dtype bf16)"
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="decode through a compiled step (static cache + torch.compile; same outputs), compiled at startup; "
-        "greedy and sampling requests (beams decode eagerly)",
+    add_decoding_arguments(
+        parser,
+        "decode through a compiled step (static cache + torch.compile; same outputs), compiled at startup; greedy "
+        "and sampling requests (beams decode eagerly)",
     )
     parser.add_argument(
         "--timeout-keep-alive", type=float, default=30.0, help="seconds an idle keep-alive connection stays open"
