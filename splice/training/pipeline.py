@@ -144,6 +144,11 @@ def run_training(run: TrainingRun) -> dict[str, float]:
     weights = fsdp.gather_weights(run.trainer.accelerator, run.model) if run.trainer.is_fsdp_enabled else None
     if run.trainer.is_world_process_zero():
         save_run(run, metrics, weights)
+    # A launched run (torchrun, accelerate launch) ends its process group here, every process together: left to the
+    # interpreter's exit, gloo's threads were torn down unjoined and a process could abort at the very end ("terminate
+    # called without an active exception", SIGABRT) after a complete run. No-op in a single process.
+    run.trainer.accelerator.wait_for_everyone()
+    run.trainer.accelerator.end_training()
     return metrics
 
 
