@@ -1,5 +1,7 @@
 """The shapes demo's slot metric: captions parsed back into (colour, shape, place/relation) slots and scored."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,17 @@ def test_every_reference_parses_to_the_slots_the_generator_drew(domain):
 )
 def test_phrasings_of_one_scene_have_one_canonical_form(caption):
     assert parse_shapes_caption(caption) == LEFT_PAIR
+
+
+def test_captions_say_an_before_a_vowel_and_parse_either_article():
+    """ "an orange star", never "a orange star", in every caption the generator writes; the parser reads both."""
+    examples = make_dataset("shapes", 200, seed=5, domain="a")
+    captions = [c for e in examples for c in (e.caption, *e.references)]
+    assert any(" an orange " in f" {c} " for c in captions)  # the domain has an orange: the check bites
+    assert not [c for c in captions if re.search(r"\ba [aeiou]", c)]
+    assert parse_shapes_caption("a orange star above an orange circle") == ShapeSlots(
+        (("orange", "star"), ("orange", "circle")), "above"
+    )
 
 
 def test_single_shape_places_and_unparseable_captions():
@@ -97,7 +110,8 @@ def test_a_pairs_slots_say_where_its_shapes_are_drawn(domain):
 def _frame(caption: str) -> list[str]:
     """A caption's words with colours, shapes and directions blanked: its template."""
     slot_words = set(COLOURS) | {shape for domain in DOMAINS.values() for shape in domain.shapes}
-    return ["_" if w in slot_words | {"left", "right", "above", "below"} else w for w in caption.split()]
+    words = ["a" if w == "an" else w for w in caption.split()]  # the article follows the colour ("an orange")
+    return ["_" if w in slot_words | {"left", "right", "above", "below"} else w for w in words]
 
 
 def test_reading_order_captions_name_the_left_or_upper_shape_first():

@@ -3,6 +3,7 @@ and saves what it says; the pieces it rests on (scene world, tokenizers, bootstr
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ def test_scene_captions_name_what_is_drawn_and_domains_share_some_words():
         assert all(len(set(s.references)) == 5 and s.caption in s.references for s in scenes)
         assert all(caption_slots(r) == scene_groups(s.slots) for s in scenes for r in s.references)
         assert {g[0] for s in scenes for g in s.slots.groups} == {1, 2, 3}
+        assert not [r for s in scenes for r in s.references if re.search(r"\ba [aeiou]", r)]  # "an orange star"
     words = {d: {w for s in make_scenes(300, d, seed=4) for r in s.references for w in r.split()} for d in DOMAINS}
     assert {"red", "circle"} <= words["a"] & words["b"]
     assert {"star", "green"} <= words["a"] - words["b"] and {"hexagon", "pink"} <= words["b"] - words["a"]

@@ -10,6 +10,7 @@ import functools
 import glob
 import math
 import random
+import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -274,6 +275,11 @@ def _shapes_example(
     return Example(_add_noise(image, noise_rng, sigma=rng.uniform(2, 10)), caption, references, slots)
 
 
+def with_articles(caption: str) -> str:
+    """The caption with "an" before a vowel where the templates say "a" ("an orange star", not "a orange star")."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", caption)
+
+
 def _phrasings(templates: Sequence[str], rng: random.Random) -> list[str]:
     """The canonical phrasing (first template) and `N_REFERENCES - 1` others at random, COCO-style."""
     return [templates[0]] + rng.sample(templates[1:], N_REFERENCES - 1)
@@ -289,7 +295,7 @@ def _draw_single(
     centre = [min(s - r, max(r, (f + rng.uniform(-0.05, 0.05)) * s)) for f, s in zip((fx, fy), size)]
     _draw_shape(draw, rng, colour, shape, centre, r)
     words = {"thing": f"{colour} {shape}", "place": place_phrase, "name": place}
-    return [template.format(**words) for template in _phrasings(SINGLE_TEMPLATES, rng)], ShapeSlots(
+    return [with_articles(t.format(**words)) for t in _phrasings(SINGLE_TEMPLATES, rng)], ShapeSlots(
         ((colour, shape),), place
     )
 
@@ -312,7 +318,8 @@ def _draw_pair(
     low_first = relation in ("to the left of", "above")  # the canonical form names the left (upper) shape first
     slots = ShapeSlots((first, second) if low_first else (second, first), relation if low_first else converse)
     templates = _phrasings(PAIR_TEMPLATES, rng)
-    return [t.format(**words) for t in templates], slots, [_in_reading_order(t, slots) for t in templates]
+    references = [with_articles(t.format(**words)) for t in templates]
+    return references, slots, [with_articles(_in_reading_order(t, slots)) for t in templates]
 
 
 def _in_reading_order(template: str, slots: ShapeSlots) -> str:

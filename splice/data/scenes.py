@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .builtin import Example, _add_noise, _draw_shape
+from .builtin import Example, _add_noise, _draw_shape, with_articles
 
 
 class SceneDomain(NamedTuple):
@@ -99,7 +99,7 @@ def _plural(shape: str) -> str:
 
 
 def _thing(count: int, colour: str, shape: str) -> str:
-    return f"{COUNT_WORDS[count]} {colour} {shape if count == 1 else _plural(shape)}"
+    return with_articles(f"{COUNT_WORDS[count]} {colour} {shape if count == 1 else _plural(shape)}")
 
 
 def _scene(rng: random.Random, noise_rng: np.random.Generator, domain: SceneDomain, size: int) -> Example:
@@ -164,7 +164,7 @@ def caption_slots(caption: str) -> tuple[tuple[int, str, str], ...]:
     Returns:
         `tuple`: sorted groups; empty when the caption names none.
     """
-    counts = {word: count for count, word in COUNT_WORDS.items()}
+    counts = {word: count for count, word in COUNT_WORDS.items()} | {"an": 1}  # "an orange star" (`with_articles`)
     colours = {c for d in DOMAINS.values() for c in d.colours}
     shapes = {form: s for d in DOMAINS.values() for s in d.shapes for form in (s, _plural(s))}
     groups, count, colour = [], None, None

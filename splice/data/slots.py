@@ -23,6 +23,11 @@ def _alternatives(phrases: Sequence[str]) -> str:
     return "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
 
 
+def _literal(text: str) -> str:
+    """A template's words between two fields, escaped; its article "a" matches "an" as well (`with_articles`)."""
+    return r"an?\ ".join(re.escape(piece) for piece in re.split(r"\ba ", text))
+
+
 @functools.cache
 def _patterns() -> tuple[re.Pattern, ...]:
     """One full-match pattern per caption template, its slots as named groups."""
@@ -39,7 +44,7 @@ def _patterns() -> tuple[re.Pattern, ...]:
     patterns = []
     for template in SINGLE_TEMPLATES + PAIR_TEMPLATES:
         parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
-        body = "".join(fields[part] if i % 2 else re.escape(part) for i, part in enumerate(parts))
+        body = "".join(fields[part] if i % 2 else _literal(part) for i, part in enumerate(parts))
         patterns.append(re.compile(body.replace(r"\ ", " ")))
     return tuple(patterns)
 
