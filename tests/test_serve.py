@@ -204,15 +204,16 @@ def test_reduced_precision_backend_captions_like_the_model_it_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_compiled_backend_warms_up_and_answers_like_the_eager_one(tmp_path, capfd):
-    model_dir = save_captioner(tmp_path / "model")
+@pytest.mark.parametrize("kind", ["caption", "text"])
+def test_a_compiled_backend_warms_up_and_answers_like_the_eager_one(tmp_path, capfd, kind):
+    model_dir = (save_captioner if kind == "caption" else save_text_model)(tmp_path / "model")
     torch._dynamo.reset()
     compiled = load_backend(model_dir, compile=True)
     assert "compiling the decoding step" in capfd.readouterr().err  # at load: the warm-up, before any request
     eager = load_backend(model_dir)
-    pictures = [image(seed) for seed in range(3)]
+    inputs = [image(seed) for seed in range(3)] if kind == "caption" else ["a red circle", "two blue stars", "left"]
     for settings in (Settings(max_new_tokens=6), Settings(num_beams=2, max_new_tokens=6)):  # beams: eagerly
-        assert compiled.run(pictures, settings) == eager.run(pictures, settings)
+        assert compiled.run(inputs, settings) == eager.run(inputs, settings)
 
 
 def test_smallcap_datastore_flag_and_errors(tmp_path):

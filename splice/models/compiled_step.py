@@ -90,8 +90,9 @@ class CompiledDecoding:
         beams = generate_kwargs.get("num_beams") or config.num_beams or 1
         new_tokens = generate_kwargs.get("max_new_tokens") or config.max_new_tokens
         length = new_tokens if new_tokens is not None else generate_kwargs.get("max_length", config.max_length)
-        main_input = inputs if inputs is not None else generate_kwargs[self.model.main_input_name]
-        return main_input.shape[0], beams, length, self.model.dtype, str(self.model.device)
+        main_input = inputs if inputs is not None else generate_kwargs.get(self.model.main_input_name)
+        batch = main_input.shape[0] if main_input is not None else None  # None: inputs given another way (embeddings)
+        return batch, beams, length, self.model.dtype, str(self.model.device)
 
     def generate(self, inputs: torch.Tensor | None = None, **generate_kwargs: Any) -> Any:
         """`model.generate(inputs, **generate_kwargs)`, its decoding steps compiled where supported (same ids)."""
