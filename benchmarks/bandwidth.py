@@ -162,9 +162,8 @@ def build_arms(directory: str, jax: bool, eos_for_jax: int, only: list[str] | No
         "splice bf16 + int8, LM head int8": (int8_head, torch.bfloat16),
     }
     wanted = {name for name in loaders if only is None or name in {*only, *REQUIRED_ARMS}}
-    arms = [Arm(name, load(), dtype, 0) for name, (load, dtype) in loaders.items() if name in wanted]
-    for arm in arms:
-        arm.bytes_per_step = weight_bytes_per_step(arm.model.decoder)
+    models = {name: (load(), dtype) for name, (load, dtype) in loaders.items() if name in wanted}
+    arms = [Arm(name, model, dtype, weight_bytes_per_step(model.decoder)) for name, (model, dtype) in models.items()]
     # The compiled step of splice fp32 (always) and of the fastest reduced-precision modes (when they run).
     compiled = [CompiledArm(arm, loaders[arm.name][0]()) for arm in arms if arm.name in COMPILED_ARMS]
     arms += compiled

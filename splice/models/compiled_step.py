@@ -8,13 +8,13 @@ against each supported decoder, bf16 + int8 included). The LM head keeps its eag
 graph (`splice.onednn.step_linear`), and a decoding step traces as one graph (no graph break; tested).
 
 Measured on a 2-core CPU at batch 1 (benchmarks/README.md, "A compiled decoding step"): 1.2x eager `generate` in fp32,
-1.4x in bf16 + int8, after a compilation of tens of seconds (a minute or more with a cold inductor cache) for the
-first shape, seconds for a second one, and none for later ones: torch then compiles one graph for any batch size and
-length ("automatic dynamic shapes"). That first compilation is why it is **off by default**: `generate` would stall
-for a minute the first time it runs, and training-time evaluation would pay it for nothing. [`CompiledDecoding`] is
-the switch (also `splice caption --compile`, `splice serve --compile`): it prints one line before the first call of a
-shape and one after it (compiled, or reused a graph), and falls back to eager decoding, with a warning naming the
-reason, where a decoder or setting is not supported.
+1.4x in bf16 + int8. The first shape compiles for 6-23 s on an idle machine (4-8 s with inductor's kernels cached on
+disk; one to three minutes were measured on a busy one), a second about as long, later ones not at all: torch then
+compiles one graph for any batch size and length ("automatic dynamic shapes"). That first compilation is why it is
+**off by default**: `generate` would stall the first time it runs, and training-time evaluation would pay for it for
+nothing. [`CompiledDecoding`] is the switch (also `splice caption --compile`, `splice serve --compile`): it prints one
+line before the first call of a shape and one after it (compiled, or reused a graph), and falls back to eager
+decoding, with a warning naming the reason, where a decoder or setting is not supported.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class CompiledDecoding:
                 file=self.file,
                 flush=True,
             )
-        graphs, start = compiled_graph_count(), time.perf_counter()
+        graphs, start = compiled_graph_count() if first else 0, time.perf_counter()
         output = self.model.generate(
             inputs, cache_implementation="static", compile_config=self.compile_config, **generate_kwargs
         )

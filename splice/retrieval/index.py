@@ -31,6 +31,7 @@ INDEX_NAME = "index.faiss"
 IVFDATA_NAME = "index.ivfdata"
 FLAT_LIMIT = 262_144  # 2**18 keys: a flat search of 2**18 x 512 float32 keys (512 MiB) still takes tens of ms
 INDEX_KINDS = ("auto", "flat", "ivfsq", "ivfpq", "ivfflat")
+IVF_CODES = {"ivfsq": "SQ8", "ivfflat": "Flat"}  # how an IVF kind stores its keys (ivfpq's code size depends on D)
 TRAIN_POINTS_PER_LIST = 39  # below this FAISS's k-means warns that it has too few points
 MIN_TRAIN_POINTS = 65_536  # PQ's 256 centroids per sub-quantiser want ~39 x 256 points; IVF's lists more
 SHARD_ROWS = 1 << 20  # keys per IVF shard written before the on-disk merge (its codes are held in memory)
@@ -68,8 +69,8 @@ def choose_index(count: int, dim: int, kind: str = "auto", flat_limit: int = FLA
         return kind  # a factory string, checked by FAISS when built
     most = max(1, count // TRAIN_POINTS_PER_LIST)
     nlist = 2 ** min(round(math.log2(math.sqrt(count))), int(math.log2(most)))
-    if kind in ("ivfflat", "ivfsq"):
-        return f"IVF{nlist},{'Flat' if kind == 'ivfflat' else 'SQ8'}"
+    if kind in IVF_CODES:
+        return f"IVF{nlist},{IVF_CODES[kind]}"
     m = max(d for d in range(1, dim // 4 + 1) if dim % d == 0) if dim >= 4 else dim  # a divisor of dim near dim / 4
     # 8-bit codes want 39 x 256 training points per sub-quantiser; small datastores get fewer bits.
     bits = max(1, min(8, int(math.log2(max(2, count // TRAIN_POINTS_PER_LIST)))))
